@@ -1,0 +1,268 @@
+#include "ploop/delta.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "ploop/error.h"
+#include "ploop/le_codec.h"
+#include "ploop/paths.h"
+
+namespace ploop {
+namespace {
+
+constexpr size_t kPage = 4096;
+
+}  // namespace
+
+Delta::Delta(std::unique_ptr<File> file, bool writable) : file_(std::move(file)), writable_(writable) {}
+
+Delta::~Delta() = default;
+
+std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, uint64_t size_bytes,
+                                     uint32_t cluster_sectors, int version) {
+  Header h = make_header(size_bytes, cluster_sectors, version);
+  auto file = storage.create(path);
+  std::vector<uint8_t> meta(h.data_offset_bytes(), 0);
+  encode_header(h, std::span<uint8_t, kHeaderSize>(meta.data(), kHeaderSize));
+  for (uint64_t off = 0; off < meta.size(); off += 1 << 20) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(meta.size() - off, 1 << 20));
+    file->write(meta.data() + off, n, off);
+  }
+  file->sync();
+  storage.sync_dir(dir_of(path));
+  file.reset();
+  return open(storage, path, OpenMode::kReadWrite);
+}
+
+std::unique_ptr<Delta> Delta::open(Storage& storage, const std::string& path, OpenMode mode,
+                                   bool allow_dirty) {
+  std::unique_ptr<Delta> d(new Delta(storage.open(path, mode), mode == OpenMode::kReadWrite));
+  d->load(allow_dirty);
+  return d;
+}
+
+void Delta::load(bool allow_dirty) {
+  const std::string& name = file_->path();
+  uint64_t file_size = file_->size();
+  if (file_size < kHeaderSize) {
+    throw Error(Exit::kFormat, name + ": file is " + std::to_string(file_size) +
+                                   " bytes, too short for a ploop header (64 bytes)");
+  }
+  uint8_t hb[kHeaderSize];
+  file_->read(hb, kHeaderSize, 0);
+  h_ = decode_header(std::span<const uint8_t, kHeaderSize>(hb, kHeaderSize), file_size, name);
+
+  meta_.assign(h_.data_offset_bytes(), 0);
+  file_->read(meta_.data(), meta_.size(), 0);
+  dirty_pages_.assign((meta_.size() + kPage - 1) / kPage, false);
+
+  const uint64_t cs = h_.cluster_bytes();
+  const uint64_t file_clusters = (file_size + cs - 1) / cs;
+  uint64_t max_clusters = h_.version == 2 ? UINT32_MAX : UINT32_MAX / h_.cluster_sectors;
+  if (file_clusters > max_clusters) {
+    throw Error(Exit::kFormat, name + ": file of " + std::to_string(file_size) +
+                                   " bytes is larger than a BAT can address");
+  }
+  tail_ = static_cast<uint32_t>(file_clusters);
+  used_.assign(tail_, false);
+  const uint32_t data_start = h_.data_start_cluster();
+  for (uint32_t c = 0; c < data_start && c < tail_; ++c) used_[c] = true;
+
+  for (uint32_t vc = 0; vc < h_.bat_entries; ++vc) {
+    uint32_t e = entry_locked(vc);
+    if (!e) continue;
+    uint32_t c;
+    std::string where = name + ": BAT entry " + std::to_string(vc) + " (offset " +
+                        std::to_string(kHeaderSize + 4 * uint64_t{vc}) + ")";
+    if (!bat_entry_to_cluster(h_, e, c)) {
+      throw Error(Exit::kFormat, where + " is " + std::to_string(e) + " sectors, not a cluster multiple");
+    }
+    if (c < data_start) {
+      throw Error(Exit::kFormat, where + " points to cluster " + std::to_string(c) +
+                                     ", inside the header and BAT (data starts at cluster " +
+                                     std::to_string(data_start) + ")");
+    }
+    if (c >= tail_) {
+      throw Error(Exit::kFormat, where + " points to cluster " + std::to_string(c) +
+                                     ", past the end of the file (" + std::to_string(file_size) + " bytes)");
+    }
+    if (used_[c] && writable_) {
+      throw Error(Exit::kFormat, where + " points to cluster " + std::to_string(c) +
+                                     ", which another entry also uses; run ploop check -r");
+    }
+    used_[c] = true;
+    ++mapped_;
+  }
+  for (uint32_t c = data_start; c < tail_; ++c) {
+    if (!used_[c]) free_.insert(c);
+  }
+
+  if (!writable_) return;
+  if (h_.flags & kFlagFmtConvert) {
+    throw Error(Exit::kFormat, name + ": an interrupted format conversion is recorded (CIF_FmtVersionConvert)");
+  }
+  if (h_.dirty() && !allow_dirty) {
+    throw Error(Exit::kInUse, name + ": image is in use or was not closed cleanly (in-use flag set); "
+                                     "run 'ploop check -r' on it");
+  }
+  // A format extension (dirty bitmaps) cannot be kept up to date by this writer: drop it, as
+  // ploop does when it loads the bitmaps and qemu does for read-write opens. Its clusters are
+  // not referenced by the BAT, so they are free space and the tail is truncated at close.
+  h_.ext_offset_sectors = 0;
+  h_.in_use = kInUseMagic;
+  std::lock_guard lk(mu_);
+  store_header_locked();
+  write_page(0, meta_.data());
+  dirty_pages_[0] = false;
+  file_->sync();
+}
+
+Header Delta::header() const {
+  std::lock_guard lk(mu_);
+  return h_;
+}
+
+uint32_t Delta::entry_locked(uint32_t vc) const {
+  return le::load32(&meta_[kHeaderSize + 4 * size_t{vc}]);
+}
+
+uint32_t Delta::cluster_of(uint32_t vc) const {
+  std::lock_guard lk(mu_);
+  if (vc >= h_.bat_entries) return 0;
+  uint32_t e = entry_locked(vc), c = 0;
+  if (e) bat_entry_to_cluster(h_, e, c);  // validated at open
+  return c;
+}
+
+uint64_t Delta::mapped_clusters() const {
+  std::lock_guard lk(mu_);
+  return mapped_;
+}
+
+void Delta::set_entry_locked(uint32_t vc, uint32_t cluster) {
+  size_t off = kHeaderSize + 4 * size_t{vc};
+  le::store32(&meta_[off], cluster ? cluster_to_bat_entry(h_, cluster) : 0);
+  dirty_pages_[off / kPage] = true;
+}
+
+void Delta::store_header_locked() {
+  encode_header(h_, std::span<uint8_t, kHeaderSize>(meta_.data(), kHeaderSize));
+  dirty_pages_[0] = true;
+}
+
+void Delta::write_page(size_t page, const uint8_t* bytes) {
+  size_t n = std::min(kPage, meta_.size() - page * kPage);
+  file_->write(bytes, n, page * kPage);
+}
+
+uint32_t Delta::allocate() {
+  std::lock_guard lk(mu_);
+  if (!free_.empty()) {
+    uint32_t c = *free_.begin();
+    free_.erase(free_.begin());
+    used_[c] = true;
+    return c;
+  }
+  uint64_t limit = h_.version == 2 ? UINT32_MAX : UINT32_MAX / h_.cluster_sectors;
+  if (tail_ >= limit) throw Error(Exit::kWrite, path() + ": image file reached the largest size its BAT can address");
+  used_.push_back(true);
+  return tail_++;
+}
+
+void Delta::abandon(uint32_t c) {
+  std::lock_guard lk(mu_);
+  used_[c] = false;
+  free_.insert(c);
+}
+
+void Delta::map(uint32_t vc, uint32_t c) {
+  std::lock_guard lk(mu_);
+  if (!entry_locked(vc)) ++mapped_;
+  set_entry_locked(vc, c);
+  if (h_.flags & kFlagEmpty) {
+    h_.flags &= ~kFlagEmpty;
+    store_header_locked();
+  }
+}
+
+void Delta::unmap(uint32_t vc) {
+  uint32_t c;
+  {
+    std::lock_guard lk(mu_);
+    uint32_t e = entry_locked(vc);
+    if (!e) return;
+    bat_entry_to_cluster(h_, e, c);
+    set_entry_locked(vc, 0);
+    --mapped_;
+    pending_free_.push_back(c);
+  }
+  // Discarded data may read as old data or zeros until the cleared entry is durable; both are
+  // allowed. The cluster itself is not reused before then.
+  file_->punch_hole(c * cluster_bytes(), cluster_bytes());
+}
+
+void Delta::flush() {
+  if (!writable_) return;
+  std::lock_guard flk(flush_mu_);
+  std::vector<std::pair<size_t, std::vector<uint8_t>>> pages;
+  std::vector<uint32_t> released;
+  {
+    // Snapshot first: every entry in it was mapped after its data write completed, so the
+    // sync below makes that data durable before the entry is written.
+    std::lock_guard lk(mu_);
+    for (size_t p = 0; p < dirty_pages_.size(); ++p) {
+      if (!dirty_pages_[p]) continue;
+      size_t n = std::min(kPage, meta_.size() - p * kPage);
+      pages.emplace_back(p, std::vector<uint8_t>(meta_.begin() + static_cast<ptrdiff_t>(p * kPage),
+                                                 meta_.begin() + static_cast<ptrdiff_t>(p * kPage + n)));
+      dirty_pages_[p] = false;
+    }
+    released.swap(pending_free_);
+  }
+  try {
+    file_->sync();
+    if (!pages.empty()) {
+      for (auto& [p, bytes] : pages) write_page(p, bytes.data());
+      file_->sync();
+    }
+  } catch (...) {
+    std::lock_guard lk(mu_);
+    for (auto& pb : pages) dirty_pages_[pb.first] = true;
+    pending_free_.insert(pending_free_.end(), released.begin(), released.end());
+    throw;
+  }
+  std::lock_guard lk(mu_);
+  for (uint32_t c : released) {
+    used_[c] = false;
+    free_.insert(c);
+  }
+}
+
+void Delta::close() {
+  if (!writable_ || closed_) return;
+  flush();
+  std::lock_guard lk(mu_);
+  uint32_t end = h_.data_start_cluster();
+  for (uint32_t c = tail_; c > end; --c) {
+    if (used_[c - 1]) {
+      end = c;
+      break;
+    }
+  }
+  uint64_t want = uint64_t{end} * cluster_bytes();
+  if (file_->size() != want) {
+    file_->truncate(want);
+    used_.resize(end);
+    tail_ = end;
+    free_.erase(free_.lower_bound(end), free_.end());
+  }
+  h_.in_use = 0;
+  if (mapped_ == 0) h_.flags |= kFlagEmpty;
+  store_header_locked();
+  write_page(0, meta_.data());
+  dirty_pages_[0] = false;
+  file_->sync();
+  closed_ = true;
+}
+
+}  // namespace ploop

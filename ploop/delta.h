@@ -1,0 +1,89 @@
+// One delta file: its header, its BAT and, for the writable top delta, the allocation of its
+// clusters. A Delta validates everything it reads from disk at open, so that no BAT entry it
+// hands out points outside the file or into the header.
+//
+// Crash-safety rules kept here (docs/crash-safety.md):
+// - The in-use flag is set and synced when a delta is opened read-write, and cleared by close().
+// - map() records a BAT entry in memory only; flush() first syncs the data written before the
+//   entries it persists, then writes the dirty 4 KiB BAT pages, then syncs again.
+// - A cluster released by unmap() is reused only after the flush that persisted its cleared
+//   entry, so a crash can never leave two entries sharing one cluster.
+// - close() truncates the unused tail of the file so that no space leaks.
+// A Delta destroyed without close() is left as after a crash.
+//
+// Thread safety: every method may be called concurrently; callers serialise map()/unmap() of the
+// same virtual cluster themselves (the Stack does, with its cluster locks).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ploop/file.h"
+#include "ploop/format.h"
+
+namespace ploop {
+
+class Delta {
+ public:
+  // Creates a new empty delta file (it must not exist) and syncs it.
+  static std::unique_ptr<Delta> create(Storage& storage, const std::string& path, uint64_t size_bytes,
+                                       uint32_t cluster_sectors, int version = 2);
+  // Opens an existing delta. Read-write opens refuse an image whose in-use flag is set unless
+  // `allow_dirty`, and refuse BAT entries that share a cluster.
+  static std::unique_ptr<Delta> open(Storage& storage, const std::string& path, OpenMode mode,
+                                     bool allow_dirty = false);
+  ~Delta();
+  Delta(const Delta&) = delete;
+  Delta& operator=(const Delta&) = delete;
+
+  const std::string& path() const { return file_->path(); }
+  File& file() { return *file_; }
+  Header header() const;
+  uint64_t cluster_bytes() const { return h_.cluster_bytes(); }
+  uint32_t bat_entries() const { return h_.bat_entries; }
+  uint64_t size_bytes() const { return h_.size_bytes(); }
+  bool writable() const { return writable_; }
+  // File cluster holding virtual cluster `vc`, or 0 if this delta does not map it.
+  uint32_t cluster_of(uint32_t vc) const;
+  uint64_t mapped_clusters() const;
+
+  // --- read-write deltas only ---
+  // Reserves a free file cluster. The caller writes it in full, then calls map() or abandon().
+  uint32_t allocate();
+  void abandon(uint32_t cluster);
+  void map(uint32_t vc, uint32_t cluster);
+  // Clears the entry of `vc`, punches its cluster, and queues the cluster for reuse.
+  void unmap(uint32_t vc);
+  void flush();
+  // Clean close: flush, truncate the unused tail, clear the in-use flag, sync. Idempotent.
+  void close();
+
+ private:
+  Delta(std::unique_ptr<File> file, bool writable);
+  void load(bool allow_dirty);
+  uint32_t entry_locked(uint32_t vc) const;
+  void set_entry_locked(uint32_t vc, uint32_t cluster);
+  void store_header_locked();
+  void write_page(size_t page, const uint8_t* bytes);
+
+  std::unique_ptr<File> file_;
+  bool writable_;
+  bool closed_ = false;
+  Header h_;
+
+  mutable std::mutex mu_;            // guards everything below
+  std::vector<uint8_t> meta_;        // header + BAT clusters, as on disk
+  std::vector<bool> dirty_pages_;    // 4 KiB pages of meta_ not yet written
+  std::vector<bool> used_;           // per file cluster: referenced by the BAT or reserved
+  std::set<uint32_t> free_;          // reusable clusters below tail_, lowest first
+  std::vector<uint32_t> pending_free_;  // released; reusable after the next flush
+  uint32_t tail_ = 0;                // first cluster past the end of the file's clusters
+  uint64_t mapped_ = 0;
+  std::mutex flush_mu_;              // serialises flushes
+};
+
+}  // namespace ploop

@@ -1,0 +1,65 @@
+#include "ploop/disk.h"
+
+#include <vector>
+
+#include "ploop/error.h"
+#include "ploop/paths.h"
+
+namespace ploop {
+
+bool is_descriptor(const std::string& path) {
+  return path.size() >= 4 && path.compare(path.size() - 4, 4, ".xml") == 0;
+}
+
+std::string create_disk(Storage& storage, const std::string& image_path, const CreateOptions& opts) {
+  std::string dd = join_path(dir_of(image_path), kDescriptorName);
+  if (storage.exists(image_path)) throw Error(Exit::kCreate, image_path + ": already exists");
+  if (storage.exists(dd)) throw Error(Exit::kCreate, dd + ": already exists");
+  Header h = make_header(opts.size_bytes, opts.cluster_sectors, opts.version);  // validates first
+  auto delta = Delta::create(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
+  delta->close();
+  try {
+    Descriptor::make(h.size_sectors, h.cluster_sectors, base_of(image_path)).save(storage, dd);
+  } catch (...) {
+    storage.remove(image_path);
+    throw;
+  }
+  return dd;
+}
+
+std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode, bool allow_dirty) {
+  std::vector<std::unique_ptr<Delta>> deltas;
+  if (!is_descriptor(path)) {
+    deltas.push_back(Delta::open(storage, path, mode, allow_dirty));
+    return std::make_unique<Stack>(std::move(deltas));
+  }
+  Descriptor d = Descriptor::load(storage, path);
+  std::vector<std::string> files = d.chain();
+  for (size_t i = 0; i < files.size(); ++i) {
+    const DescriptorImage* im = nullptr;
+    for (const auto& x : d.images) {
+      if (x.file == files[i]) im = &x;
+    }
+    if (im && im->type == "Plain") {
+      throw Error(Exit::kDescriptor, path + ": raw (Plain) images are not supported yet: " + files[i]);
+    }
+    std::string full = join_path(dir_of(path), files[i]);
+    if (!storage.exists(full)) {
+      throw Error(Exit::kDescriptor, path + ": image file " + files[i] + " does not exist");
+    }
+    bool top = i + 1 == files.size();
+    deltas.push_back(Delta::open(storage, full, top ? mode : OpenMode::kReadOnly, allow_dirty));
+    Header h = deltas.back()->header();
+    if (h.cluster_sectors != d.blocksize) {
+      throw Error(Exit::kDescriptor, path + ": Blocksize " + std::to_string(d.blocksize) + " but " + files[i] +
+                                         " has clusters of " + std::to_string(h.cluster_sectors) + " sectors");
+    }
+    if (top && h.size_sectors != d.size_sectors) {
+      throw Error(Exit::kDescriptor, path + ": Disk_size " + std::to_string(d.size_sectors) + " sectors but top delta " +
+                                         files[i] + " is " + std::to_string(h.size_sectors));
+    }
+  }
+  return std::make_unique<Stack>(std::move(deltas));
+}
+
+}  // namespace ploop

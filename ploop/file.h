@@ -1,0 +1,62 @@
+// The I/O interface under the library. Every byte the library reads or writes goes through a
+// File, and every name it creates, renames or removes through a Storage, so that tests can
+// replace the operating system with one that loses unsynced writes, tears them, or fails with
+// ENOSPC or EIO (see fault_storage.h).
+//
+// Promises of every implementation:
+// - read() fills the whole buffer or throws; bytes past end of file read as zeros.
+// - write() writes the whole buffer or throws (Error kWrite; ENOSPC is reported as such).
+// - sync() makes every write and size change that completed before it durable.
+// - All methods may be called from several threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace ploop {
+
+class File {
+ public:
+  virtual ~File() = default;
+  virtual void read(void* buf, size_t len, uint64_t offset) = 0;
+  virtual void write(const void* buf, size_t len, uint64_t offset) = 0;
+  virtual void sync() = 0;
+  virtual uint64_t size() = 0;
+  virtual void truncate(uint64_t size) = 0;
+  // Deallocates [offset, offset+len): reads return zeros afterwards; size is unchanged.
+  virtual void punch_hole(uint64_t offset, uint64_t len) = 0;
+  // The kernel file descriptor for asynchronous I/O engines, or -1 if there is none (in-memory
+  // test files): engines then fall back to the synchronous calls above.
+  virtual int fd() const { return -1; }
+  const std::string& path() const { return path_; }
+
+ protected:
+  explicit File(std::string path) : path_(std::move(path)) {}
+
+ private:
+  std::string path_;
+};
+
+enum class OpenMode { kReadOnly, kReadWrite };
+
+class Storage {
+ public:
+  virtual ~Storage() = default;
+  // Throws Error(kOpen) if the file does not exist or cannot be opened.
+  virtual std::unique_ptr<File> open(const std::string& path, OpenMode mode) = 0;
+  // Creates a new empty file; throws Error(kCreate) if it exists.
+  virtual std::unique_ptr<File> create(const std::string& path) = 0;
+  virtual bool exists(const std::string& path) = 0;
+  virtual void remove(const std::string& path) = 0;
+  // Atomically replaces `to` with `from`.
+  virtual void rename(const std::string& from, const std::string& to) = 0;
+  // Makes creations, renames and removals in the directory durable.
+  virtual void sync_dir(const std::string& dir) = 0;
+};
+
+// The real operating system. With `direct`, files are opened O_DIRECT (callers then pass
+// 512-byte aligned offsets and lengths; buffers are bounced if not aligned).
+std::unique_ptr<Storage> make_posix_storage(bool direct = false);
+
+}  // namespace ploop

@@ -1,0 +1,181 @@
+// File and Storage on the real operating system: pread/pwrite/fdatasync/fallocate.
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "ploop/error.h"
+#include "ploop/file.h"
+
+namespace ploop {
+namespace {
+
+constexpr size_t kDirectAlign = 4096;
+
+bool aligned(const void* p, size_t len, uint64_t off) {
+  return (reinterpret_cast<uintptr_t>(p) % kDirectAlign) == 0 && len % 512 == 0 && off % 512 == 0;
+}
+
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n) {
+    if (posix_memalign(&p, kDirectAlign, n ? n : kDirectAlign)) throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { free(p); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  void* p = nullptr;
+};
+
+class PosixFile final : public File {
+ public:
+  PosixFile(std::string path, int fd, bool direct) : File(std::move(path)), fd_(fd), direct_(direct) {}
+  ~PosixFile() override { ::close(fd_); }
+
+  void read(void* buf, size_t len, uint64_t off) override {
+    if (direct_ && !aligned(buf, len, off)) {
+      if (len % 512 || off % 512) {
+        throw Error(Exit::kParam, path() + ": unaligned direct read at offset " + std::to_string(off));
+      }
+      AlignedBuffer b(len);
+      read(b.p, len, off);
+      std::memcpy(buf, b.p, len);
+      return;
+    }
+    auto* p = static_cast<uint8_t*>(buf);
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = ::pread(fd_, p + done, len - done, static_cast<off_t>(off + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno(Exit::kRead, errno, "read failed", path(), static_cast<int64_t>(off + done));
+      }
+      if (n == 0) {  // end of file: the rest reads as zeros
+        std::memset(p + done, 0, len - done);
+        return;
+      }
+      done += static_cast<size_t>(n);
+    }
+  }
+
+  void write(const void* buf, size_t len, uint64_t off) override {
+    if (direct_ && !aligned(buf, len, off)) {
+      if (len % 512 || off % 512) {
+        throw Error(Exit::kParam, path() + ": unaligned direct write at offset " + std::to_string(off));
+      }
+      AlignedBuffer b(len);
+      std::memcpy(b.p, buf, len);
+      write(b.p, len, off);
+      return;
+    }
+    auto* p = static_cast<const uint8_t*>(buf);
+    size_t done = 0;
+    while (done < len) {
+      ssize_t n = ::pwrite(fd_, p + done, len - done, static_cast<off_t>(off + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno(Exit::kWrite, errno, "write failed", path(), static_cast<int64_t>(off + done));
+      }
+      done += static_cast<size_t>(n);
+    }
+  }
+
+  void sync() override {
+    if (::fdatasync(fd_) < 0) throw_errno(Exit::kFsync, errno, "fdatasync failed", path());
+  }
+
+  uint64_t size() override {
+    struct stat st;
+    if (::fstat(fd_, &st) < 0) throw_errno(Exit::kSys, errno, "fstat failed", path());
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  void truncate(uint64_t size) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) < 0) {
+      throw_errno(Exit::kTruncate, errno, "ftruncate failed", path(), static_cast<int64_t>(size));
+    }
+  }
+
+  void punch_hole(uint64_t off, uint64_t len) override {
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                    static_cast<off_t>(len)) < 0) {
+      if (errno == EOPNOTSUPP) {  // file system without hole punching: write zeros instead
+        AlignedBuffer z(1 << 20);
+        std::memset(z.p, 0, 1 << 20);
+        for (uint64_t done = 0; done < len;) {
+          size_t n = static_cast<size_t>(std::min<uint64_t>(len - done, 1 << 20));
+          write(z.p, n, off + done);
+          done += n;
+        }
+        return;
+      }
+      throw_errno(Exit::kWrite, errno, "punching a hole failed", path(), static_cast<int64_t>(off));
+    }
+  }
+
+  int fd() const override { return fd_; }
+
+ private:
+  int fd_;
+  bool direct_;
+};
+
+class PosixStorage final : public Storage {
+ public:
+  explicit PosixStorage(bool direct) : direct_(direct) {}
+
+  std::unique_ptr<File> open(const std::string& path, OpenMode mode) override {
+    int flags = (mode == OpenMode::kReadOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+    if (direct_) flags |= O_DIRECT;
+    int fd = ::open(path.c_str(), flags);
+    if (fd < 0) throw_errno(Exit::kOpen, errno, "cannot open", path);
+    struct stat st;
+    if (::fstat(fd, &st) == 0 && !S_ISREG(st.st_mode)) {
+      ::close(fd);
+      throw Error(Exit::kOpen, "cannot open: " + path + ": not a regular file");
+    }
+    return std::make_unique<PosixFile>(path, fd, direct_);
+  }
+
+  std::unique_ptr<File> create(const std::string& path) override {
+    int flags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
+    if (direct_) flags |= O_DIRECT;
+    int fd = ::open(path.c_str(), flags, 0600);
+    if (fd < 0) throw_errno(Exit::kCreate, errno, "cannot create", path);
+    return std::make_unique<PosixFile>(path, fd, direct_);
+  }
+
+  bool exists(const std::string& path) override {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0;
+  }
+
+  void remove(const std::string& path) override {
+    if (::unlink(path.c_str()) < 0 && errno != ENOENT) throw_errno(Exit::kSys, errno, "cannot remove", path);
+  }
+
+  void rename(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) < 0) throw_errno(Exit::kRename, errno, "cannot rename to " + to, from);
+  }
+
+  void sync_dir(const std::string& dir) override {
+    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw_errno(Exit::kOpen, errno, "cannot open directory", dir);
+    int rc = ::fsync(fd);
+    int err = errno;
+    ::close(fd);
+    if (rc < 0) throw_errno(Exit::kFsync, err, "fsync of directory failed", dir);
+  }
+
+ private:
+  bool direct_;
+};
+
+}  // namespace
+
+std::unique_ptr<Storage> make_posix_storage(bool direct) { return std::make_unique<PosixStorage>(direct); }
+
+}  // namespace ploop

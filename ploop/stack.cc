@@ -1,0 +1,316 @@
+#include "ploop/stack.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "ploop/error.h"
+
+namespace ploop {
+namespace {
+
+constexpr size_t kCopyChunk = 1 << 20;
+
+// A cluster-sized (at most 1 MiB) aligned scratch buffer per thread, for copy-up.
+uint8_t* scratch() {
+  struct Buf {
+    Buf() {
+      if (posix_memalign(&p, 4096, kCopyChunk)) throw std::bad_alloc();
+    }
+    ~Buf() { free(p); }
+    void* p = nullptr;
+  };
+  thread_local Buf b;
+  return static_cast<uint8_t*>(b.p);
+}
+
+bool all_zero(const uint8_t* p, size_t n) {
+  return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
+}
+
+}  // namespace
+
+Stack::Stack(std::vector<std::unique_ptr<Delta>> deltas) : deltas_(std::move(deltas)) {
+  if (deltas_.empty()) throw Error(Exit::kParam, "a delta stack needs at least one delta");
+  if (deltas_.size() > 254) throw Error(Exit::kParam, "a delta stack holds at most 254 deltas");
+  Delta& t = *deltas_.back();
+  size_ = t.size_bytes();
+  cluster_ = t.cluster_bytes();
+  writable_ = t.writable();
+  top_level_ = static_cast<uint8_t>(deltas_.size());
+  for (size_t i = 0; i + 1 < deltas_.size(); ++i) {
+    Delta& d = *deltas_[i];
+    if (d.writable()) throw Error(Exit::kParam, d.path() + ": only the top delta may be writable");
+    if (d.cluster_bytes() != cluster_) {
+      throw Error(Exit::kFormat, d.path() + ": cluster size " + std::to_string(d.cluster_bytes()) +
+                                     " differs from the top delta's " + std::to_string(cluster_));
+    }
+    if (d.size_bytes() > size_) {
+      throw Error(Exit::kFormat, d.path() + ": disk size " + std::to_string(d.size_bytes()) +
+                                     " is larger than the top delta's " + std::to_string(size_));
+    }
+  }
+  uint32_t n = t.bat_entries();
+  phys_.assign(n, 0);
+  level_.assign(n, 0);
+  for (size_t i = 0; i < deltas_.size(); ++i) {
+    Delta& d = *deltas_[i];
+    for (uint32_t vc = 0; vc < d.bat_entries(); ++vc) {
+      if (uint32_t c = d.cluster_of(vc)) {
+        phys_[vc] = c;
+        level_[vc] = static_cast<uint8_t>(i + 1);
+      }
+    }
+  }
+}
+
+Stack::~Stack() = default;
+
+void Stack::check_range(uint64_t offset, uint64_t len, const char* op) const {
+  if (offset > size_ || len > size_ - offset) {
+    throw Error(Exit::kParam, std::string(op) + " of " + std::to_string(len) + " bytes at offset " +
+                                  std::to_string(offset) + " is beyond the disk size " + std::to_string(size_));
+  }
+  if (len && *op != 'r' && !writable_) throw Error(Exit::kParam, std::string(op) + " on a read-only disk");
+}
+
+void Stack::read(void* buf, uint64_t offset, size_t len) {
+  check_range(offset, len, "read");
+  auto* p = static_cast<uint8_t*>(buf);
+  while (len) {
+    uint32_t vc = static_cast<uint32_t>(offset / cluster_);
+    uint32_t in = static_cast<uint32_t>(offset % cluster_);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len, cluster_ - in));
+    locks_.lock_shared(vc);
+    try {
+      if (uint8_t lv = level_[vc]) {
+        deltas_[lv - 1]->file().read(p, n, phys_[vc] * cluster_ + in);
+      } else {
+        std::memset(p, 0, n);
+      }
+    } catch (...) {
+      locks_.unlock_shared(vc);
+      throw;
+    }
+    locks_.unlock_shared(vc);
+    p += n;
+    offset += n;
+    len -= n;
+  }
+}
+
+void Stack::write(const void* buf, uint64_t offset, size_t len, bool fua) {
+  check_range(offset, len, "write");
+  auto* p = static_cast<const uint8_t*>(buf);
+  while (len) {
+    uint32_t vc = static_cast<uint32_t>(offset / cluster_);
+    uint32_t in = static_cast<uint32_t>(offset % cluster_);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len, cluster_ - in));
+    write_in_cluster(vc, in, p, n);
+    p += n;
+    offset += n;
+    len -= n;
+  }
+  if (fua) flush();
+}
+
+void Stack::write_in_cluster(uint32_t vc, uint32_t in, const uint8_t* src, uint32_t n) {
+  locks_.lock_shared(vc);
+  if (level_[vc] == top_level_) {  // fast path: the top owns it, write in place
+    try {
+      top().file().write(src, n, phys_[vc] * cluster_ + in);
+    } catch (...) {
+      locks_.unlock_shared(vc);
+      throw;
+    }
+    locks_.unlock_shared(vc);
+    return;
+  }
+  locks_.unlock_shared(vc);
+  locks_.lock(vc);
+  try {
+    if (level_[vc] == top_level_) {  // someone else allocated it meanwhile
+      top().file().write(src, n, phys_[vc] * cluster_ + in);
+    } else {
+      copy_up(vc, in, src, n);
+    }
+  } catch (...) {
+    locks_.unlock(vc);
+    throw;
+  }
+  locks_.unlock(vc);
+}
+
+// Caller holds the exclusive lock of vc and the top does not own it. Writes a whole new top
+// cluster: the lower owner's data (or zeros) with [in, in+n) replaced by src, then maps it.
+// src == nullptr means zeros.
+void Stack::copy_up(uint32_t vc, uint32_t in, const uint8_t* src, uint32_t n) {
+  uint8_t lv = level_[vc];
+  if (lv == 0 && (src == nullptr || all_zero(src, n))) return;  // already reads as zeros
+  Delta& t = top();
+  uint32_t c = t.allocate();
+  try {
+    uint8_t* buf = scratch();
+    for (uint64_t pos = 0; pos < cluster_; pos += kCopyChunk) {
+      size_t len = static_cast<size_t>(std::min<uint64_t>(kCopyChunk, cluster_ - pos));
+      if (lv) {
+        deltas_[lv - 1]->file().read(buf, len, phys_[vc] * cluster_ + pos);
+      } else {
+        std::memset(buf, 0, len);
+      }
+      uint64_t lo = std::max<uint64_t>(pos, in), hi = std::min<uint64_t>(pos + len, uint64_t{in} + n);
+      if (lo < hi) {
+        if (src) {
+          std::memcpy(buf + (lo - pos), src + (lo - in), hi - lo);
+        } else {
+          std::memset(buf + (lo - pos), 0, hi - lo);
+        }
+      }
+      t.file().write(buf, len, c * cluster_ + pos);
+    }
+  } catch (...) {
+    t.abandon(c);
+    throw;
+  }
+  t.map(vc, c);
+  phys_[vc] = c;
+  level_[vc] = top_level_;
+}
+
+bool Stack::lower_maps(uint32_t vc) const {
+  for (size_t i = 0; i + 1 < deltas_.size(); ++i) {
+    if (deltas_[i]->cluster_of(vc)) return true;
+  }
+  return false;
+}
+
+void Stack::flush() {
+  if (writable_) top().flush();
+}
+
+void Stack::discard(uint64_t offset, uint64_t len) {
+  check_range(offset, len, "discard");
+  // Only whole clusters that no lower delta maps can be released; the rest of a discard is a hint
+  // that is allowed to change nothing.
+  uint64_t first = (offset + cluster_ - 1) / cluster_, end = (offset + len) / cluster_;
+  if (offset + len == size_) end = (size_ + cluster_ - 1) / cluster_;
+  for (uint64_t vc = first; vc < end; ++vc) {
+    auto v = static_cast<uint32_t>(vc);
+    locks_.lock(v);
+    try {
+      if (level_[v] == top_level_ && !lower_maps(v)) {
+        top().unmap(v);
+        level_[v] = 0;
+        phys_[v] = 0;
+      }
+    } catch (...) {
+      locks_.unlock(v);
+      throw;
+    }
+    locks_.unlock(v);
+  }
+}
+
+void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua) {
+  check_range(offset, len, "write_zeroes");
+  while (len) {
+    uint32_t vc = static_cast<uint32_t>(offset / cluster_);
+    uint32_t in = static_cast<uint32_t>(offset % cluster_);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len, cluster_ - in));
+    bool whole = in == 0 && (n == cluster_ || offset + n == size_);
+    locks_.lock(vc);
+    try {
+      if (whole && level_[vc] == top_level_ && !lower_maps(vc)) {
+        top().unmap(vc);  // released: reads as zeros, no lower data shows through
+        level_[vc] = 0;
+        phys_[vc] = 0;
+      } else if (level_[vc] == top_level_) {
+        uint8_t* z = scratch();
+        std::memset(z, 0, std::min<uint64_t>(kCopyChunk, n));
+        for (uint32_t done = 0; done < n;) {
+          uint32_t k = static_cast<uint32_t>(std::min<uint64_t>(kCopyChunk, n - done));
+          top().file().write(z, k, phys_[vc] * cluster_ + in + done);
+          done += k;
+        }
+      } else if (level_[vc] != 0) {
+        copy_up(vc, in, nullptr, n);  // mask the lower delta with zeros
+      }
+    } catch (...) {
+      locks_.unlock(vc);
+      throw;
+    }
+    locks_.unlock(vc);
+    offset += n;
+    len -= n;
+  }
+  if (fua) flush();
+}
+
+Stack::Extent Stack::status(uint64_t offset, uint64_t max_len) {
+  check_range(offset, max_len ? 1 : 0, "read");
+  if (offset >= size_) return {0, false, -1};
+  max_len = std::min(max_len, size_ - offset);
+  uint32_t vc = static_cast<uint32_t>(offset / cluster_);
+  locks_.lock_shared(vc);
+  uint8_t lv = level_[vc];
+  locks_.unlock_shared(vc);
+  Extent e{0, lv != 0, lv ? lv - 1 : -1};
+  uint64_t pos = offset;
+  while (pos < offset + max_len) {
+    uint32_t c = static_cast<uint32_t>(pos / cluster_);
+    locks_.lock_shared(c);
+    bool alloc = level_[c] != 0;
+    locks_.unlock_shared(c);
+    if (alloc != e.allocated) break;
+    pos = std::min<uint64_t>((uint64_t{c} + 1) * cluster_, offset + max_len);
+  }
+  e.length = pos - offset;
+  return e;
+}
+
+void Stack::close() {
+  if (closed_) return;
+  if (writable_) top().close();
+  closed_ = true;
+}
+
+bool Stack::map(uint64_t offset, uint32_t len, bool for_write, Mapping& m) {
+  check_range(offset, len, for_write ? "write" : "read");
+  m.pieces.clear();
+  m.pinned.clear();
+  uint32_t done = 0;
+  while (done < len) {
+    uint64_t pos = offset + done;
+    uint32_t vc = static_cast<uint32_t>(pos / cluster_);
+    uint32_t in = static_cast<uint32_t>(pos % cluster_);
+    uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(len - done, cluster_ - in));
+    if (!locks_.try_lock_shared(vc)) {
+      release(m);
+      return false;
+    }
+    m.pinned.push_back(vc);
+    uint8_t lv = level_[vc];
+    if (for_write && lv != top_level_) {
+      release(m);
+      return false;
+    }
+    if (lv) {
+      m.pieces.push_back({&deltas_[lv - 1]->file(), phys_[vc] * cluster_ + in, n, done});
+    } else {
+      m.pieces.push_back({nullptr, 0, n, done});
+    }
+    done += n;
+  }
+  return true;
+}
+
+bool Stack::map_read(uint64_t offset, uint32_t len, Mapping& m) { return map(offset, len, false, m); }
+bool Stack::map_write(uint64_t offset, uint32_t len, Mapping& m) { return map(offset, len, true, m); }
+
+void Stack::release(Mapping& m) {
+  for (uint32_t vc : m.pinned) locks_.unlock_shared(vc);
+  m.pinned.clear();
+  m.pieces.clear();
+}
+
+}  // namespace ploop

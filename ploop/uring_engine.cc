@@ -1,0 +1,273 @@
+#include "ploop/uring_engine.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "ploop/error.h"
+
+namespace ploop {
+namespace {
+
+constexpr uint64_t kEventTag = 1;  // user_data of the eventfd read; requests are pointers
+
+int errno_of(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& x) {
+    if (x.sys_errno()) return x.sys_errno();
+    return x.code() == Exit::kParam ? EINVAL : EIO;
+  } catch (const std::bad_alloc&) {
+    return ENOMEM;
+  } catch (...) {
+    return EIO;
+  }
+}
+
+}  // namespace
+
+struct UringEngine::Request {
+  struct Io {
+    Request* r;
+    const Stack::Piece* piece;
+  };
+  Stack::Mapping map;
+  std::vector<Io> ios;
+  uint8_t* buf;
+  bool is_write;
+  unsigned remaining = 0;
+  int err = 0;
+  Done done;
+};
+
+UringEngine::UringEngine(Stack& stack, unsigned depth) : stack_(stack) {
+  io_uring_params p{};
+  int rc = io_uring_queue_init_params(depth < 8 ? 8 : depth * 2, &ring_, &p);
+  if (rc < 0) throw_errno(Exit::kSys, -rc, "io_uring_queue_init failed", "io_uring");
+  efd_ = eventfd(0, EFD_CLOEXEC);
+  if (efd_ < 0) {
+    io_uring_queue_exit(&ring_);
+    throw_errno(Exit::kSys, errno, "eventfd failed", "eventfd");
+  }
+  arm_eventfd();
+  worker_ = std::thread([this] { worker_loop(); });
+}
+
+UringEngine::~UringEngine() {
+  while (in_flight_) poll(true);
+  {
+    std::lock_guard lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+  io_uring_queue_exit(&ring_);
+  ::close(efd_);
+}
+
+io_uring_sqe* UringEngine::sqe() {
+  io_uring_sqe* s = io_uring_get_sqe(&ring_);
+  while (!s) {
+    io_uring_submit(&ring_);
+    s = io_uring_get_sqe(&ring_);
+  }
+  return s;
+}
+
+void UringEngine::arm_eventfd() {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_read(s, efd_, &efd_buf_, sizeof efd_buf_, 0);
+  io_uring_sqe_set_data64(s, kEventTag);
+}
+
+void UringEngine::read(void* buf, uint64_t off, uint32_t len, Done done) {
+  ++in_flight_;
+  auto* r = new Request{{}, {}, static_cast<uint8_t*>(buf), false, 0, 0, std::move(done)};
+  bool mapped;
+  try {
+    mapped = stack_.map_read(off, len, r->map);
+  } catch (...) {
+    done_.emplace_back(std::move(r->done), errno_of(std::current_exception()));
+    delete r;
+    return;
+  }
+  if (mapped) return submit_mapped(r, false);
+  Done d = std::move(r->done);
+  delete r;
+  --in_flight_;
+  to_worker([this, buf, off, len] { stack_.read(buf, off, len); }, std::move(d));
+}
+
+void UringEngine::write(const void* buf, uint64_t off, uint32_t len, bool fua, Done done) {
+  ++in_flight_;
+  auto* r = new Request{{}, {}, static_cast<uint8_t*>(const_cast<void*>(buf)), true, 0, 0, std::move(done)};
+  bool mapped = false;
+  try {
+    mapped = !fua && stack_.map_write(off, len, r->map);
+  } catch (...) {
+    done_.emplace_back(std::move(r->done), errno_of(std::current_exception()));
+    delete r;
+    return;
+  }
+  if (mapped) return submit_mapped(r, true);
+  Done d = std::move(r->done);
+  delete r;
+  --in_flight_;
+  to_worker([this, buf, off, len, fua] { stack_.write(buf, off, len, fua); }, std::move(d));
+}
+
+void UringEngine::submit_mapped(Request* r, bool is_write) {
+  r->ios.reserve(r->map.pieces.size());
+  for (const Stack::Piece& p : r->map.pieces) {
+    uint8_t* b = r->buf + p.buf_offset;
+    if (!p.file) {
+      std::memset(b, 0, p.length);
+      continue;
+    }
+    if (p.file->fd() < 0) {  // no kernel file (test storage): do it synchronously
+      try {
+        if (is_write) {
+          p.file->write(b, p.length, p.file_offset);
+        } else {
+          p.file->read(b, p.length, p.file_offset);
+        }
+      } catch (...) {
+        r->err = errno_of(std::current_exception());
+      }
+      continue;
+    }
+    io_uring_sqe* s = sqe();
+    if (is_write) {
+      io_uring_prep_write(s, p.file->fd(), b, p.length, p.file_offset);
+    } else {
+      io_uring_prep_read(s, p.file->fd(), b, p.length, p.file_offset);
+    }
+    r->ios.push_back({r, &p});
+    io_uring_sqe_set_data(s, &r->ios.back());
+    ++r->remaining;
+  }
+  if (r->remaining == 0) {
+    finish(r);
+  } else {
+    io_uring_submit(&ring_);
+  }
+}
+
+void UringEngine::finish(Request* r) {
+  stack_.release(r->map);
+  done_.emplace_back(std::move(r->done), r->err);
+  delete r;
+}
+
+void UringEngine::to_worker(std::function<void()> op, Done done) {
+  ++in_flight_;
+  {
+    std::lock_guard lk(mu_);
+    jobs_.emplace_back(std::move(op), std::move(done));
+  }
+  cv_.notify_one();
+}
+
+void UringEngine::flush(Done done) {
+  to_worker([this] { stack_.flush(); }, std::move(done));
+}
+
+void UringEngine::discard(uint64_t off, uint64_t len, Done done) {
+  to_worker([this, off, len] { stack_.discard(off, len); }, std::move(done));
+}
+
+void UringEngine::write_zeroes(uint64_t off, uint64_t len, bool fua, Done done) {
+  to_worker([this, off, len, fua] { stack_.write_zeroes(off, len, fua); }, std::move(done));
+}
+
+void UringEngine::worker_loop() {
+  for (;;) {
+    std::pair<std::function<void()>, Done> job;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    int err = 0;
+    try {
+      job.first();
+    } catch (...) {
+      err = errno_of(std::current_exception());
+    }
+    {
+      std::lock_guard lk(mu_);
+      worker_done_.emplace_back(std::move(job.second), err);
+    }
+    uint64_t one = 1;
+    ssize_t rc = ::write(efd_, &one, sizeof one);
+    (void)rc;
+  }
+}
+
+size_t UringEngine::poll(bool wait) {
+  auto pending_done = [&] {
+    std::lock_guard lk(mu_);
+    return !done_.empty() || !worker_done_.empty();
+  };
+  if (wait && in_flight_ && !pending_done()) {
+    int rc;
+    do {
+      rc = io_uring_submit_and_wait(&ring_, 1);
+    } while (rc == -EINTR);
+  }
+  unsigned head, seen = 0;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++seen;
+    if (io_uring_cqe_get_data64(cqe) == kEventTag) {
+      arm_eventfd();
+      continue;
+    }
+    auto* io = static_cast<Request::Io*>(io_uring_cqe_get_data(cqe));
+    Request* r = io->r;
+    const Stack::Piece& p = *io->piece;
+    if (cqe->res < 0) {
+      r->err = -cqe->res;
+    } else if (static_cast<uint32_t>(cqe->res) < p.length) {
+      // A short transfer (end of file, or a partial completion): finish the rest synchronously;
+      // File::read zero-fills past end of file.
+      auto done = static_cast<uint32_t>(cqe->res);
+      try {
+        uint8_t* b = r->buf + p.buf_offset + done;
+        if (r->is_write) {
+          p.file->write(b, p.length - done, p.file_offset + done);
+        } else {
+          p.file->read(b, p.length - done, p.file_offset + done);
+        }
+      } catch (...) {
+        r->err = errno_of(std::current_exception());
+      }
+    }
+    if (--r->remaining == 0) finish(r);
+  }
+  io_uring_cq_advance(&ring_, seen);
+  if (seen) io_uring_submit(&ring_);
+  {
+    std::lock_guard lk(mu_);
+    while (!worker_done_.empty()) {
+      done_.push_back(std::move(worker_done_.front()));
+      worker_done_.pop_front();
+    }
+  }
+  size_t ran = 0;
+  while (!done_.empty()) {
+    auto [d, err] = std::move(done_.front());
+    done_.pop_front();
+    --in_flight_;
+    ++ran;
+    if (d) d(err);
+  }
+  return ran;
+}
+
+}  // namespace ploop

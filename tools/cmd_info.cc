@@ -1,0 +1,88 @@
+// ploop info [--json] DiskDescriptor.xml|IMAGE
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "ploop/delta.h"
+#include "ploop/disk.h"
+#include "ploop/error.h"
+#include "ploop/paths.h"
+#include "tools/cli.h"
+
+namespace cli {
+namespace {
+
+nlohmann::json delta_info(const std::string& path) {
+  auto d = ploop::Delta::open(storage(), path, ploop::OpenMode::kReadOnly);
+  ploop::Header h = d->header();
+  return {{"file", path},
+          {"version", h.version},
+          {"size", h.size_bytes()},
+          {"cluster_size", h.cluster_bytes()},
+          {"file_size", d->file().size()},
+          {"allocated_clusters", d->mapped_clusters()},
+          {"in_use", h.dirty()},
+          {"flags", h.flags}};
+}
+
+std::string human(uint64_t b) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  double v = static_cast<double>(b);
+  while (v >= 1024 && i < 5) v /= 1024, ++i;
+  char s[32];
+  std::snprintf(s, sizeof s, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+  return s;
+}
+
+}  // namespace
+
+void add_info(CLI::App& app, int& rc) {
+  auto* c = app.add_subcommand("info", "Show a disk's size, cluster size and deltas");
+  auto json = std::make_shared<bool>(false);
+  auto path = std::make_shared<std::string>();
+  c->add_flag("--json", *json, "Print JSON");
+  c->add_option("DISK", *path, "DiskDescriptor.xml or image file")->required();
+  c->callback([=, &rc] {
+    nlohmann::json out;
+    if (ploop::is_descriptor(*path)) {
+      ploop::Descriptor dd = ploop::Descriptor::load(storage(), *path);
+      out["descriptor"] = *path;
+      out["size"] = dd.size_sectors * ploop::kSectorSize;
+      out["cluster_size"] = uint64_t{dd.blocksize} * ploop::kSectorSize;
+      out["top_guid"] = dd.top_guid;
+      nlohmann::json deltas = nlohmann::json::array();
+      std::vector<std::string> chain = dd.chain();
+      for (const auto& f : chain) {
+        nlohmann::json j = delta_info(ploop::join_path(ploop::dir_of(*path), f));
+        for (const auto& im : dd.images) {
+          if (im.file == f) j["guid"] = im.guid;
+        }
+        deltas.push_back(j);
+      }
+      out["deltas"] = deltas;
+    } else {
+      nlohmann::json j = delta_info(*path);
+      out["size"] = j["size"];
+      out["cluster_size"] = j["cluster_size"];
+      out["deltas"] = nlohmann::json::array({j});
+    }
+    if (*json) {
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      if (out.contains("descriptor")) std::printf("descriptor:   %s\n", out["descriptor"].get<std::string>().c_str());
+      std::printf("size:         %s (%llu bytes)\n", human(out["size"]).c_str(),
+                  static_cast<unsigned long long>(out["size"].get<uint64_t>()));
+      std::printf("cluster size: %s\n", human(out["cluster_size"]).c_str());
+      for (const auto& j : out["deltas"]) {
+        std::printf("delta:        %s  v%d  %s on disk, %llu clusters allocated%s\n",
+                    j["file"].get<std::string>().c_str(), j["version"].get<int>(),
+                    human(j["file_size"]).c_str(),
+                    static_cast<unsigned long long>(j["allocated_clusters"].get<uint64_t>()),
+                    j["in_use"].get<bool>() ? ", IN USE (not closed cleanly)" : "");
+      }
+    }
+    rc = 0;
+  });
+}
+
+}  // namespace cli

@@ -1,0 +1,40 @@
+// The `ploop` command: OpenVZ's command names and main options over this project's library.
+#include <cstdio>
+#include <exception>
+
+#include "ploop/error.h"
+#include "tools/cli.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ploop: container disk images (OpenVZ ploop v2 compatible)", "ploop"};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  int rc = 0;
+  cli::add_init(app, rc);
+  cli::add_info(app, rc);
+  cli::add_check(app, rc);
+  cli::add_import(app, rc);
+  cli::add_export(app, rc);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return 0;
+  } catch (const CLI::CallForAllHelp&) {
+    std::fputs(app.help("", CLI::AppFormatMode::All).c_str(), stdout);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ploop: %s (see 'ploop --help')\n", e.what());
+    return static_cast<int>(ploop::Exit::kParam);
+  } catch (const ploop::Error& e) {
+    std::fprintf(stderr, "ploop: %s\n", e.what());
+    return static_cast<int>(e.code());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "ploop: out of memory\n");
+    return 5;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ploop: %s\n", e.what());
+    return static_cast<int>(ploop::Exit::kSys);
+  }
+  return rc;
+}
