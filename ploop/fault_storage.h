@@ -45,7 +45,8 @@ class FaultStorage final : public Storage {
   // Simulates losing power: drops or tears unsynced mutations (seeded), then revives the storage.
   // Handles opened before the cut are dead afterwards (they throw PowerLost).
   void power_cut(uint64_t seed);
-  // Called before every operation; a non-zero return is the errno that operation fails with.
+  // Called before every operation, with the storage locked (it must not call back into the
+  // storage); a non-zero return is the errno that operation fails with.
   void set_fault(std::function<int(FaultOp, const std::string& path, uint64_t off, size_t len)> f);
   uint64_t mutations() const;
   // Copies a file in from the real file system (for fixtures) and out again.

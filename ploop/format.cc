@@ -8,7 +8,7 @@
 namespace ploop {
 namespace {
 
-uint64_t div_up(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+uint64_t div_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }  // no overflow near 2^64
 
 [[noreturn]] void corrupt(const std::string& name, const std::string& what) {
   throw Error(Exit::kFormat, name + ": " + what);

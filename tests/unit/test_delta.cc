@@ -1,0 +1,161 @@
+#include <gtest/gtest.h>
+
+#include "ploop/delta.h"
+#include "ploop/error.h"
+#include "ploop/fault_storage.h"
+#include "ploop/le_codec.h"
+#include "test_util.h"
+
+using namespace ploop;
+
+namespace {
+
+constexpr uint32_t kCs = 64;  // 32 KiB clusters keep test files small
+constexpr uint64_t kC = 32768;
+
+uint32_t header_u32(FaultStorage& fs, const std::string& p, size_t off) {
+  auto b = fs.contents(p);
+  return le::load32(&b[off]);
+}
+
+void patch_u32(FaultStorage& fs, const std::string& p, size_t off, uint32_t v) {
+  auto b = fs.contents(p);
+  le::store32(&b[off], v);
+  fs.import_file(p, b);
+}
+
+}  // namespace
+
+TEST(Delta, CreateWritesAnEmptyCleanImage) {
+  FaultStorage fs;
+  auto d = Delta::create(fs, "img", 1 << 20, kCs);
+  d->close();
+  auto b = fs.contents("img");
+  EXPECT_EQ(b.size(), kC);  // header + BAT only
+  EXPECT_EQ(le::load32(&b[44]), 0u);        // not in use
+  EXPECT_EQ(le::load32(&b[52]), kFlagEmpty);  // CIF_Empty
+}
+
+TEST(Delta, InUseFlagIsSetWhileOpenAndClearedOnClose) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 1 << 20, kCs)->close();
+  auto d = Delta::open(fs, "img", OpenMode::kReadWrite);
+  EXPECT_EQ(header_u32(fs, "img", 44), kInUseMagic);
+  d->close();
+  EXPECT_EQ(header_u32(fs, "img", 44), 0u);
+}
+
+TEST(Delta, DirtyImageIsRefusedForWriting) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 1 << 20, kCs)->close();
+  { auto d = Delta::open(fs, "img", OpenMode::kReadWrite); }  // destroyed without close: a crash
+  try {
+    Delta::open(fs, "img", OpenMode::kReadWrite);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kInUse);
+  }
+  EXPECT_NO_THROW(Delta::open(fs, "img", OpenMode::kReadOnly));
+  EXPECT_NO_THROW(Delta::open(fs, "img", OpenMode::kReadWrite, true));
+}
+
+TEST(Delta, MapIsDurableOnlyAfterFlushAndTailIsTruncatedOnClose) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 1 << 20, kCs)->close();
+  auto d = Delta::open(fs, "img", OpenMode::kReadWrite);
+  uint32_t a = d->allocate(), b = d->allocate();
+  EXPECT_EQ(a, 1u);
+  EXPECT_EQ(b, 2u);
+  std::vector<uint8_t> data(kC, 0xab);
+  d->file().write(data.data(), kC, a * kC);
+  d->map(5, a);
+  EXPECT_EQ(header_u32(fs, "img", 64 + 4 * 5), 0u);  // not yet written
+  d->flush();
+  EXPECT_EQ(header_u32(fs, "img", 64 + 4 * 5), a);
+  d->abandon(b);
+  d->close();
+  EXPECT_EQ(fs.contents("img").size(), 2 * kC);  // cluster 2 was never used
+  EXPECT_EQ(header_u32(fs, "img", 52) & kFlagEmpty, 0u);
+}
+
+TEST(Delta, ReleasedClusterIsReusedOnlyAfterFlush) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 1 << 20, kCs)->close();
+  auto d = Delta::open(fs, "img", OpenMode::kReadWrite);
+  std::vector<uint8_t> data(kC, 1);
+  uint32_t a = d->allocate();
+  d->file().write(data.data(), kC, a * kC);
+  d->map(0, a);
+  d->flush();
+  d->unmap(0);
+  uint32_t b = d->allocate();
+  EXPECT_NE(a, b);  // the cleared entry is not durable yet
+  d->abandon(b);
+  d->flush();
+  uint32_t c = d->allocate();
+  EXPECT_EQ(a, c);
+  d->abandon(c);
+  d->close();
+}
+
+TEST(Delta, BadBatEntriesAreRejectedAtOpen) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 1 << 20, kCs)->close();
+  auto base = fs.contents("img");
+  patch_u32(fs, "img", 64 + 4 * 3, 7);  // past the end of a 1-cluster file
+  try {
+    Delta::open(fs, "img", OpenMode::kReadOnly);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kFormat);
+    EXPECT_NE(std::string(e.what()).find("past the end"), std::string::npos) << e.what();
+  }
+  // Two entries sharing a cluster: readable, but not writable.
+  base.resize(2 * kC);
+  fs.import_file("img", base);
+  patch_u32(fs, "img", 64 + 4 * 1, 1);
+  patch_u32(fs, "img", 64 + 4 * 2, 1);
+  EXPECT_NO_THROW(Delta::open(fs, "img", OpenMode::kReadOnly));
+  EXPECT_THROW(Delta::open(fs, "img", OpenMode::kReadWrite), Error);
+}
+
+TEST(Delta, EntryIntoTheHeaderIsRejected) {
+  FaultStorage fs;
+  // 1 GiB with 32 KiB clusters: 32768 entries, the BAT spans 5 clusters.
+  Delta::create(fs, "img", 1 << 30, kCs)->close();
+  auto b = fs.contents("img");
+  b.resize(b.size() + kC);
+  fs.import_file("img", b);
+  patch_u32(fs, "img", 64 + 4 * 9, 2);
+  try {
+    Delta::open(fs, "img", OpenMode::kReadOnly);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("inside the header"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Delta, TruncatedFileIsRejected) {
+  FaultStorage fs;
+  Delta::create(fs, "img", 64 << 20, kCs)->close();
+  auto b = fs.contents("img");
+  b.resize(40);
+  fs.import_file("img", b);
+  EXPECT_THROW(Delta::open(fs, "img", OpenMode::kReadOnly), Error);
+  b.resize(0);
+  fs.import_file("img", b);
+  EXPECT_THROW(Delta::open(fs, "img", OpenMode::kReadOnly), Error);
+}
+
+TEST(Delta, ReadsOpenVZV1Fixture) {
+  auto fs_bytes = testutil::read_file(testutil::fixture("chain/root.hdd"));
+  ASSERT_FALSE(fs_bytes.empty());
+  FaultStorage fs;
+  fs.import_file("base", fs_bytes);
+  auto d = Delta::open(fs, "base", OpenMode::kReadOnly);
+  EXPECT_EQ(d->header().version, 1);
+  EXPECT_EQ(d->size_bytes(), 64u << 20);
+  EXPECT_EQ(d->cluster_of(0), 1u);
+  EXPECT_NE(d->cluster_of(10), 0u);
+  EXPECT_EQ(d->cluster_of(2), 0u);
+}
