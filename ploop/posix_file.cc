@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 #include "ploop/error.h"
 #include "ploop/file.h"
@@ -33,16 +34,18 @@ struct AlignedBuffer {
 class PosixFile final : public File {
  public:
   PosixFile(std::string path, int fd, bool direct) : File(std::move(path)), fd_(fd), direct_(direct) {}
-  ~PosixFile() override { ::close(fd_); }
+  ~PosixFile() override {
+    ::close(fd_);
+    if (buffered_ >= 0) ::close(buffered_);
+  }
 
   void read(void* buf, size_t len, uint64_t off) override {
     if (direct_ && !aligned(buf, len, off)) {
-      if (len % 512 || off % 512) {
-        throw Error(Exit::kParam, path() + ": unaligned direct read at offset " + std::to_string(off));
-      }
-      AlignedBuffer b(len);
-      read(b.p, len, off);
-      std::memcpy(buf, b.p, len);
+      // Bounce through an aligned buffer covering whole sectors around the request.
+      uint64_t lo = off / 512 * 512, hi = (off + len + 511) / 512 * 512;
+      AlignedBuffer b(hi - lo);
+      read(b.p, hi - lo, lo);
+      std::memcpy(buf, static_cast<uint8_t*>(b.p) + (off - lo), len);
       return;
     }
     auto* p = static_cast<uint8_t*>(buf);
@@ -62,19 +65,23 @@ class PosixFile final : public File {
   }
 
   void write(const void* buf, size_t len, uint64_t off) override {
+    int fd = fd_;
     if (direct_ && !aligned(buf, len, off)) {
       if (len % 512 || off % 512) {
-        throw Error(Exit::kParam, path() + ": unaligned direct write at offset " + std::to_string(off));
+        // Not whole sectors (small metadata files such as the descriptor): write through a
+        // buffered descriptor of the same file. Linux keeps direct and buffered I/O coherent.
+        fd = buffered_fd();
+      } else {
+        AlignedBuffer b(len);
+        std::memcpy(b.p, buf, len);
+        write(b.p, len, off);
+        return;
       }
-      AlignedBuffer b(len);
-      std::memcpy(b.p, buf, len);
-      write(b.p, len, off);
-      return;
     }
     auto* p = static_cast<const uint8_t*>(buf);
     size_t done = 0;
     while (done < len) {
-      ssize_t n = ::pwrite(fd_, p + done, len - done, static_cast<off_t>(off + done));
+      ssize_t n = ::pwrite(fd, p + done, len - done, static_cast<off_t>(off + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno(Exit::kWrite, errno, "write failed", path(), static_cast<int64_t>(off + done));
@@ -85,6 +92,15 @@ class PosixFile final : public File {
 
   void sync() override {
     if (::fdatasync(fd_) < 0) throw_errno(Exit::kFsync, errno, "fdatasync failed", path());
+  }
+
+  int buffered_fd() {
+    std::lock_guard lk(mu_);
+    if (buffered_ < 0) {
+      buffered_ = ::open(path().c_str(), O_RDWR | O_CLOEXEC);
+      if (buffered_ < 0) throw_errno(Exit::kOpen, errno, "cannot open", path());
+    }
+    return buffered_;
   }
 
   uint64_t size() override {
@@ -121,6 +137,8 @@ class PosixFile final : public File {
  private:
   int fd_;
   bool direct_;
+  std::mutex mu_;
+  int buffered_ = -1;  // lazily opened without O_DIRECT, for writes that are not whole sectors
 };
 
 class PosixStorage final : public Storage {
