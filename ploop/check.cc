@@ -34,6 +34,11 @@ CheckReport check_delta(Storage& storage, const std::string& path, const CheckOp
     return r.findings.back();
   };
   auto f = storage.open(path, opts.repair ? OpenMode::kReadWrite : OpenMode::kReadOnly);
+  if (opts.repair) {
+    if (std::string holder = f->lock_image(); !holder.empty()) {
+      throw Error(Exit::kInUse, path + ": image is in use by " + holder + "; not repairing it");
+    }
+  }
   r.file_size = f->size();
   if (r.file_size < kHeaderSize) {
     add(CheckFinding::kError, "file is " + n2s(r.file_size) + " bytes, too short for a ploop header");
@@ -129,23 +134,31 @@ CheckReport check_delta(Storage& storage, const std::string& path, const CheckOp
   }
 
   // Duplicates: give each later entry its own copy of the data (qemu's repair).
+  // Copies go to unreferenced clusters inside the file first (lowest first), then past its end.
   if (opts.repair && !dups.empty()) {
     std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
-    uint64_t next = file_clusters;
+    std::vector<uint32_t> targets;
+    uint64_t scan = data_start;
     for (auto [vc, c] : dups) {
-      uint32_t nc = static_cast<uint32_t>(next++);
+      while (scan < file_clusters && owner[scan] != kNoOwner) ++scan;
+      if (scan == file_clusters) {
+        owner.push_back(kNoOwner);
+        ++file_clusters;
+      }
+      auto nc = static_cast<uint32_t>(scan);
+      owner[nc] = vc;
+      targets.push_back(nc);
       for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
         f->read(buf.data(), buf.size(), c * cs + pos);
         f->write(buf.data(), buf.size(), nc * cs + pos);
       }
-      owner.push_back(vc);
       ++r.allocated_clusters;
     }
     f->sync();  // the copies are durable before any entry points at them
-    uint64_t idx = file_clusters;
-    for (auto [vc, c] : dups) set_entry(kBatMapOffset + vc, cluster_to_bat_entry(h, static_cast<uint32_t>(idx++)));
+    for (size_t i = 0; i < dups.size(); ++i) {
+      set_entry(kBatMapOffset + dups[i].first, cluster_to_bat_entry(h, targets[i]));
+    }
     for (size_t i : dup_findings) r.findings[i].repaired = true;
-    file_clusters = next;
   }
 
   // Write back repaired BAT pages (not the header page's header: that comes last).
@@ -179,8 +192,10 @@ CheckReport check_delta(Storage& storage, const std::string& path, const CheckOp
         header_changed = x.repaired = true;
       }
     } else {
-      add(CheckFinding::kInfo, "has a format extension (dirty bitmaps) at sector " + n2s(h.ext_offset_sectors));
-      last_used = std::max(last_used, ext / cs + 1);
+      // Its bitmap clusters are not in the BAT and their order is not fixed: keep the whole tail.
+      add(CheckFinding::kInfo, "has a format extension (dirty bitmaps) at sector " + n2s(h.ext_offset_sectors) +
+                                   "; clusters after the data are kept for it");
+      last_used = file_clusters;
     }
   }
   for (uint64_t c = data_start; c < last_used; ++c) {

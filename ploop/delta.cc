@@ -98,6 +98,9 @@ void Delta::load(bool allow_dirty) {
   }
 
   if (!writable_) return;
+  if (std::string holder = file_->lock_image(); !holder.empty()) {
+    throw Error(Exit::kInUse, name + ": image is in use by " + holder);
+  }
   if (h_.flags & kFlagFmtConvert) {
     throw Error(Exit::kFormat, name + ": an interrupted format conversion is recorded (CIF_FmtVersionConvert)");
   }
@@ -196,9 +199,8 @@ void Delta::unmap(uint32_t vc) {
     --mapped_;
     pending_free_.push_back(c);
   }
-  // Discarded data may read as old data or zeros until the cleared entry is durable; both are
-  // allowed. The cluster itself is not reused before then.
-  file_->punch_hole(c * cluster_bytes(), cluster_bytes());
+  // The cluster keeps its data until the cleared entry is durable (flush), so no durable entry
+  // ever points at a hole; then it is punched and becomes reusable.
 }
 
 void Delta::flush() {
@@ -231,6 +233,8 @@ void Delta::flush() {
     pending_free_.insert(pending_free_.end(), released.begin(), released.end());
     throw;
   }
+  // The cleared entries are durable: give the space back to the file system, then reuse.
+  for (uint32_t c : released) file_->punch_hole(c * cluster_bytes(), cluster_bytes());
   std::lock_guard lk(mu_);
   for (uint32_t c : released) {
     used_[c] = false;

@@ -35,6 +35,16 @@ std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, Open
   }
   Descriptor d = Descriptor::load(storage, path);
   std::vector<std::string> files = d.chain();
+  // A writer locks the base of the chain (as OpenVZ ploop does) and the top (as qemu does).
+  std::unique_ptr<File> base_lock;
+  if (mode == OpenMode::kReadWrite && files.size() > 1) {
+    std::string base = join_path(dir_of(path), files[0]);
+    if (!storage.exists(base)) throw Error(Exit::kDescriptor, path + ": image file " + files[0] + " does not exist");
+    base_lock = storage.open(base, OpenMode::kReadOnly);
+    if (std::string holder = base_lock->lock_image(); !holder.empty()) {
+      throw Error(Exit::kInUse, base + ": image is in use by " + holder);
+    }
+  }
   for (size_t i = 0; i < files.size(); ++i) {
     const DescriptorImage* im = nullptr;
     for (const auto& x : d.images) {
@@ -59,7 +69,9 @@ std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, Open
                                          files[i] + " is " + std::to_string(h.size_sectors));
     }
   }
-  return std::make_unique<Stack>(std::move(deltas));
+  auto stack = std::make_unique<Stack>(std::move(deltas));
+  stack->hold_lock(std::move(base_lock));
+  return stack;
 }
 
 }  // namespace ploop

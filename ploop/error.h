@@ -14,6 +14,7 @@ enum class Exit : int {
   kOk = 0,
   kCreate = 1,       // could not create a file
   kOpen = 4,         // could not open a file (missing, permission)
+  kMemory = 5,       // out of memory
   kRead = 6,         // I/O error while reading
   kWrite = 7,        // I/O error while writing (including no space left)
   kFormat = 11,      // corrupted or unsupported image

@@ -29,6 +29,11 @@ class File {
   // The kernel file descriptor for asynchronous I/O engines, or -1 if there is none (in-memory
   // test files): engines then fall back to the synchronous calls above.
   virtual int fd() const { return -1; }
+  // Takes the image lock that OpenVZ ploop and qemu use, so that they and this project exclude
+  // each other: read locks on bytes 200..204 (qemu's "does not share permission" bytes), taken
+  // only if nobody else holds a lock there, and checked again after taking them. The lock lasts
+  // as long as this File is open. Returns "" on success, else who holds it ("PID 1234").
+  virtual std::string lock_image() { return {}; }
   const std::string& path() const { return path_; }
 
  protected:

@@ -69,8 +69,9 @@ Header make_header(uint64_t size_bytes, uint32_t cluster_sectors, int version = 
 // Whether a cluster size (in sectors) is one this implementation reads and writes.
 bool valid_cluster_sectors(uint64_t cluster_sectors);
 
-// Decodes and validates the first 64 bytes of a delta. `file_size` is used to check that the data
-// area and format extension lie within the file. `name` appears in error messages.
+// Decodes and validates the first 64 bytes of a delta. `file_size` is used to check that the
+// header and BAT lie within the file (the format-extension offset is left to check).
+// `name` appears in error messages.
 Header decode_header(std::span<const uint8_t, kHeaderSize> bytes, uint64_t file_size,
                      const std::string& name);
 

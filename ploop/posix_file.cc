@@ -2,11 +2,15 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 
 #include "ploop/error.h"
@@ -134,7 +138,76 @@ class PosixFile final : public File {
 
   int fd() const override { return fd_; }
 
+  std::string lock_image() override {
+    if (std::string h = holder(); !h.empty()) return h;
+    struct flock fl {};
+    fl.l_type = F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kLockStart;
+    fl.l_len = kLockLen;
+    if (::fcntl(fd_, F_OFD_SETLK, &fl) < 0) {
+      if (errno == EAGAIN || errno == EACCES) return holder_or("another process");
+      throw_errno(Exit::kLock, errno, "cannot lock", path());
+    }
+    // Someone may have taken read locks between the test and ours: test again.
+    if (std::string h = holder(); !h.empty()) {
+      fl.l_type = F_UNLCK;
+      ::fcntl(fd_, F_OFD_SETLK, &fl);
+      return h;
+    }
+    return {};
+  }
+
  private:
+  static constexpr off_t kLockStart = 200, kLockLen = 5;
+
+  // Who holds any lock on the lock bytes, other than this open file; "" if nobody.
+  std::string holder() {
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kLockStart;
+    fl.l_len = kLockLen;
+    if (::fcntl(fd_, F_OFD_GETLK, &fl) < 0) throw_errno(Exit::kLock, errno, "cannot test lock", path());
+    if (fl.l_type == F_UNLCK) return {};
+    if (fl.l_pid > 0) return "PID " + std::to_string(fl.l_pid);
+    return holder_or("another process");
+  }
+
+  // Open-file-description locks do not report their owner (l_pid is -1, in /proc/locks too);
+  // the owner is the process whose /proc/PID/fdinfo lists the lock.
+  std::string holder_or(const std::string& fallback) {
+    struct stat st;
+    if (::fstat(fd_, &st) < 0) return fallback;
+    char want[64];
+    std::snprintf(want, sizeof want, "%02x:%02x:%lu ", major(st.st_dev), minor(st.st_dev),
+                  static_cast<unsigned long>(st.st_ino));
+    std::error_code ec;
+    for (const auto& proc : std::filesystem::directory_iterator("/proc", ec)) {
+      const std::string pid = proc.path().filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      for (const auto& fdinfo : std::filesystem::directory_iterator(proc.path() / "fdinfo", ec)) {
+        std::ifstream in(fdinfo.path());
+        std::string line;
+        while (std::getline(in, line)) {
+          auto at = line.find(want);
+          if (line.rfind("lock:", 0) != 0 || at == std::string::npos) continue;
+          long long start = 0;
+          char end[32] = {0};
+          if (std::sscanf(line.c_str() + at + std::strlen(want), "%lld %31s", &start, end) != 2) continue;
+          long long stop = std::strcmp(end, "EOF") == 0 ? INT64_MAX : std::atoll(end);
+          if (start <= kLockStart + kLockLen - 1 && stop >= kLockStart && std::stol(pid) != getpid()) {
+            return "PID " + pid;
+          }
+          if (start <= kLockStart + kLockLen - 1 && stop >= kLockStart && fdinfo.path().filename() != std::to_string(fd_)) {
+            return "PID " + pid;  // this process, through another open file
+          }
+        }
+      }
+    }
+    return fallback;
+  }
+
   int fd_;
   bool direct_;
   std::mutex mu_;

@@ -57,6 +57,8 @@ class Stack {
   Extent status(uint64_t offset, uint64_t max_len);
 
   void close();
+  // Keeps `f` open as long as the stack lives: the image lock of a chain's base (see File::lock_image).
+  void hold_lock(std::unique_ptr<File> f) { lock_ = std::move(f); }
 
   // --- Fast path for asynchronous engines ---
   // A request split into pieces of at most one cluster each, every piece's cluster pinned (shared)
@@ -95,6 +97,7 @@ class Stack {
   std::vector<uint32_t> phys_;     // merged map: file cluster in the owning delta
   std::vector<uint8_t> level_;     // merged map: owning delta index + 1, 0 = unmapped
   ClusterLocks locks_;
+  std::unique_ptr<File> lock_;
 };
 
 }  // namespace ploop

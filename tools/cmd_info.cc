@@ -45,6 +45,8 @@ void add_info(CLI::App& app, int& rc) {
   c->callback([=, &rc] {
     nlohmann::json out;
     if (ploop::is_descriptor(*path)) {
+      // Opening the chain checks that the descriptor and the deltas agree.
+      ploop::open_disk(storage(), *path, ploop::OpenMode::kReadOnly);
       ploop::Descriptor dd = ploop::Descriptor::load(storage(), *path);
       out["descriptor"] = *path;
       out["size"] = dd.size_sectors * ploop::kSectorSize;

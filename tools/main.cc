@@ -1,6 +1,7 @@
 // The `ploop` command: OpenVZ's command names and main options over this project's library.
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "ploop/error.h"
 #include "tools/cli.h"
@@ -15,6 +16,18 @@ int main(int argc, char** argv) {
   cli::add_check(app, rc);
   cli::add_import(app, rc);
   cli::add_export(app, rc);
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "ploop: unknown command '%s' (this build has: %s)\n", argv[1], names.c_str());
+      return static_cast<int>(ploop::Exit::kParam);
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -31,7 +44,7 @@ int main(int argc, char** argv) {
     return static_cast<int>(e.code());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "ploop: out of memory\n");
-    return 5;
+    return static_cast<int>(ploop::Exit::kMemory);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ploop: %s\n", e.what());
     return static_cast<int>(ploop::Exit::kSys);

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include "ploop/check.h"
 #include "ploop/descriptor.h"
 #include "ploop/disk.h"
 #include "ploop/error.h"
@@ -145,4 +148,29 @@ TEST(Disk, DescriptorThatDisagreesWithTheImageIsRefused) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("does not exist"), std::string::npos) << e.what();
   }
+}
+
+TEST(Disk, SecondWriterIsRefusedWithTheHolder) {
+  testutil::TempDir dir;
+  auto st = make_posix_storage();
+  std::string dd = create_disk(*st, dir / "root.hds", {8 << 20, 64, 2});
+  auto first = open_disk(*st, dd, OpenMode::kReadWrite);
+  try {
+    open_disk(*st, dd, OpenMode::kReadWrite);
+    FAIL() << "a second writer was let in";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kInUse);
+    EXPECT_NE(std::string(e.what()).find("in use by PID " + std::to_string(getpid())), std::string::npos) << e.what();
+  }
+  try {
+    check_delta(*st, dir / "root.hds", {true});
+    FAIL() << "repair ran under a live writer";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), Exit::kInUse);
+  }
+  EXPECT_NO_THROW(open_disk(*st, dd, OpenMode::kReadOnly));  // readers are not locked out
+  first->close();
+  first.reset();
+  auto again = open_disk(*st, dd, OpenMode::kReadWrite);  // the lock went with the writer
+  again->close();
 }
