@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "ploop/error.h"
 #include "ploop/le_codec.h"
@@ -35,13 +36,13 @@ std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, 
 }
 
 std::unique_ptr<Delta> Delta::open(Storage& storage, const std::string& path, OpenMode mode,
-                                   bool allow_dirty) {
+                                   bool allow_dirty, bool lock) {
   std::unique_ptr<Delta> d(new Delta(storage.open(path, mode), mode == OpenMode::kReadWrite));
-  d->load(allow_dirty);
+  d->load(allow_dirty, lock);
   return d;
 }
 
-void Delta::load(bool allow_dirty) {
+void Delta::load(bool allow_dirty, bool lock) {
   const std::string& name = file_->path();
   uint64_t file_size = file_->size();
   if (file_size < kHeaderSize) {
@@ -98,7 +99,7 @@ void Delta::load(bool allow_dirty) {
   }
 
   if (!writable_) return;
-  if (std::string holder = file_->lock_image(); !holder.empty()) {
+  if (std::string holder = lock ? file_->lock_image() : ""; !holder.empty()) {
     throw Error(Exit::kInUse, name + ": image is in use by " + holder);
   }
   if (h_.flags & kFlagFmtConvert) {
@@ -240,6 +241,82 @@ void Delta::flush() {
     used_[c] = false;
     free_.insert(c);
   }
+}
+
+void Delta::move_cluster(uint32_t from, uint32_t to, uint32_t vc) {
+  const uint64_t cs = cluster_bytes();
+  std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
+  for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
+    file_->read(buf.data(), buf.size(), from * cs + pos);
+    file_->write(buf.data(), buf.size(), to * cs + pos);
+  }
+  map(vc, to);
+  flush();  // the copy is synced before the entry, the entry before the old cluster is reused
+}
+
+void Delta::resize(uint64_t new_size_bytes) {
+  if (!writable_) throw Error(Exit::kParam, path() + ": resize of a read-only delta");
+  flush();
+  Header nh = make_header(new_size_bytes, h_.cluster_sectors, h_.version);
+  const uint64_t cs = cluster_bytes();
+  const uint32_t old_start = h_.data_start_cluster(), new_start = nh.data_start_cluster();
+  if (nh.bat_entries < h_.bat_entries) {
+    for (uint32_t vc = nh.bat_entries; vc < h_.bat_entries; ++vc) {
+      if (cluster_of(vc)) {
+        throw Error(Exit::kParam, path() + ": cannot shrink to " + std::to_string(nh.size_bytes()) +
+                                      " bytes: cluster " + std::to_string(vc) + " past the new end holds data");
+      }
+    }
+    if (new_start != old_start) {
+      throw Error(Exit::kParam, path() + ": cannot shrink to " + std::to_string(nh.size_bytes()) +
+                                    " bytes: the BAT would need fewer clusters, which is not supported");
+    }
+  }
+  if (new_start > old_start) {
+    // Clusters [old_start, new_start) become BAT: take them out of allocation, then move away
+    // the ones that hold data.
+    std::map<uint32_t, uint32_t> owner;  // file cluster -> virtual cluster
+    {
+      std::lock_guard lk(mu_);
+      for (uint32_t vc = 0; vc < h_.bat_entries; ++vc) {
+        uint32_t e = entry_locked(vc), c = 0;
+        if (e && bat_entry_to_cluster(h_, e, c) && c < new_start) owner[c] = vc;
+      }
+      while (tail_ < new_start) {
+        used_.push_back(false);
+        ++tail_;
+      }
+      for (uint32_t c = old_start; c < new_start; ++c) {
+        free_.erase(c);
+        used_[c] = true;
+      }
+    }
+    for (auto [c, vc] : owner) {
+      uint32_t to = allocate();
+      move_cluster(c, to, vc);
+    }
+    std::vector<uint8_t> zero(std::min<uint64_t>(cs, 1 << 20), 0);
+    for (uint64_t off = uint64_t{old_start} * cs; off < uint64_t{new_start} * cs; off += zero.size()) {
+      file_->write(zero.data(), zero.size(), off);
+    }
+    file_->sync();
+  }
+  std::lock_guard lk(mu_);
+  nh.in_use = h_.in_use;
+  nh.flags = h_.flags & ~kFlagEmpty;
+  if (mapped_ == 0) nh.flags |= kFlagEmpty;
+  nh.first_block_sectors = std::max(nh.first_block_sectors, h_.first_block_sectors);
+  h_ = nh;
+  meta_.resize(h_.data_offset_bytes(), 0);
+  // Entries past the new end are zero (checked above for shrink; new for grow).
+  for (size_t off = kHeaderSize + 4 * size_t{h_.bat_entries}; off < meta_.size(); off += 4) le::store32(&meta_[off], 0);
+  store_header_locked();
+  // Write every BAT page, header page last: the header commits the new size.
+  for (size_t p = meta_.size() / kPage; p-- > 1;) write_page(p, meta_.data() + p * kPage);
+  file_->sync();
+  write_page(0, meta_.data());
+  file_->sync();
+  dirty_pages_.assign((meta_.size() + kPage - 1) / kPage, false);
 }
 
 void Delta::close() {

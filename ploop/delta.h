@@ -32,10 +32,11 @@ class Delta {
   // Creates a new empty delta file (it must not exist) and syncs it.
   static std::unique_ptr<Delta> create(Storage& storage, const std::string& path, uint64_t size_bytes,
                                        uint32_t cluster_sectors, int version = 2);
-  // Opens an existing delta. Read-write opens refuse an image whose in-use flag is set unless
+  // Opens an existing delta. Read-write opens take the image lock (unless the caller already
+  // holds the chain's lock: `lock` false), refuse an image whose in-use flag is set unless
   // `allow_dirty`, and refuse BAT entries that share a cluster.
   static std::unique_ptr<Delta> open(Storage& storage, const std::string& path, OpenMode mode,
-                                     bool allow_dirty = false);
+                                     bool allow_dirty = false, bool lock = true);
   ~Delta();
   Delta(const Delta&) = delete;
   Delta& operator=(const Delta&) = delete;
@@ -59,12 +60,19 @@ class Delta {
   // Clears the entry of `vc`, punches its cluster, and queues the cluster for reuse.
   void unmap(uint32_t vc);
   void flush();
+  // Changes the disk size (rounded up to a cluster). Growing may need more BAT clusters: data
+  // clusters in the way are moved first, each move durable (copy, sync, repoint, sync) before the
+  // next; the new BAT space is zeroed and synced; the header, written last, commits the new size.
+  // Shrinking is refused unless no entry maps a cluster past the new end and the BAT keeps its
+  // number of clusters. Offline only: the caller has no Stack open over this delta.
+  void resize(uint64_t new_size_bytes);
   // Clean close: flush, truncate the unused tail, clear the in-use flag, sync. Idempotent.
   void close();
 
  private:
   Delta(std::unique_ptr<File> file, bool writable);
-  void load(bool allow_dirty);
+  void load(bool allow_dirty, bool lock);
+  void move_cluster(uint32_t from, uint32_t to, uint32_t vc);
   uint32_t entry_locked(uint32_t vc) const;
   void set_entry_locked(uint32_t vc, uint32_t cluster);
   void store_header_locked();

@@ -98,15 +98,34 @@ std::string new_guid() {
   return out;
 }
 
-Descriptor Descriptor::make(uint64_t size_sectors, uint32_t blocksize, const std::string& file) {
-  Descriptor d;
-  d.size_sectors = size_sectors;
-  Geometry g = chs_for(size_sectors);
-  d.cylinders = g.cylinders;
-  d.heads = g.heads;
+void Descriptor::set_size(uint64_t size) {
+  size_sectors = size;
+  Geometry g = chs_for(size);
+  cylinders = g.cylinders;
+  heads = g.heads;
   // OpenVZ writes Sectors as Disk_size / (Cylinders * Heads).
   uint64_t ch = uint64_t{g.cylinders} * g.heads;
-  d.sectors = static_cast<uint32_t>(ch ? std::min<uint64_t>(size_sectors / ch, UINT32_MAX) : 0);
+  sectors = static_cast<uint32_t>(ch ? std::min<uint64_t>(size / ch, UINT32_MAX) : 0);
+}
+
+std::vector<const DescriptorShot*> Descriptor::children(const std::string& guid) const {
+  std::vector<const DescriptorShot*> out;
+  for (const auto& s : shots) {
+    if (s.parent == guid) out.push_back(&s);
+  }
+  return out;
+}
+
+const DescriptorShot* Descriptor::root() const {
+  for (const auto& s : shots) {
+    if (s.parent == kNoGuid) return &s;
+  }
+  return nullptr;
+}
+
+Descriptor Descriptor::make(uint64_t size_sectors, uint32_t blocksize, const std::string& file) {
+  Descriptor d;
+  d.set_size(size_sectors);
   d.blocksize = blocksize;
   // A single-image disk: the image is the writable top, under OpenVZ's fixed top GUID.
   d.images.push_back({kTopGuid, "Compressed", file});
@@ -141,6 +160,7 @@ Descriptor Descriptor::parse(const std::string& text, const std::string& name) {
   d.cylinders = to_u32(parse_number(params, "Cylinders", name, false), "Cylinders", name);
   d.heads = to_u32(parse_number(params, "Heads", name, false), "Heads", name);
   d.sectors = to_u32(parse_number(params, "Sectors", name, false), "Sectors", name);
+  d.pending_size = parse_number(params, "Pending_size", name, false);
 
   pugi::xml_node sd = root.child("StorageData");
   if (!sd) bad(name, "missing <StorageData>");
@@ -249,6 +269,11 @@ void Descriptor::sync_to_xml() {
   set_text(params, "Heads", std::to_string(heads));
   set_text(params, "Sectors", std::to_string(sectors));
   if (!params.child("Padding")) set_text(params, "Padding", "0");
+  if (pending_size) {
+    set_text(params, "Pending_size", std::to_string(pending_size));
+  } else if (params.child("Pending_size")) {
+    params.remove_child("Pending_size");
+  }
 
   pugi::xml_node sd = root.child("StorageData");
   if (!sd) sd = root.append_child("StorageData");

@@ -57,12 +57,20 @@ class Descriptor {
   uint64_t size_sectors = 0;
   uint32_t cylinders = 0, heads = 0, sectors = 0;
   uint32_t blocksize = 0;  // cluster size in sectors
+  // A resize in progress (sectors), recorded before the top delta changes size and cleared after;
+  // 0 when none. Stored as <Pending_size> in <Disk_Parameters> (an element OpenVZ ignores).
+  uint64_t pending_size = 0;
   std::vector<DescriptorImage> images;
   std::vector<DescriptorShot> shots;
   std::string top_guid;
 
   const DescriptorImage* image(const std::string& guid) const;
   const DescriptorShot* shot(const std::string& guid) const;
+  // Snapshots whose parent is `guid`.
+  std::vector<const DescriptorShot*> children(const std::string& guid) const;
+  const DescriptorShot* root() const;
+  // Sets the size and the geometry derived from it.
+  void set_size(uint64_t size_sectors);
   // Image files from the root down to `guid` (the top if empty), base first.
   std::vector<std::string> chain(const std::string& guid = "") const;
   // Throws Error(kDescriptor) with `name` if the model breaks a rule listed above.

@@ -27,14 +27,19 @@ std::string create_disk(Storage& storage, const std::string& image_path, const C
   return dd;
 }
 
-std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode, bool allow_dirty) {
+std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode, bool allow_dirty,
+                                 const std::string& guid) {
   std::vector<std::unique_ptr<Delta>> deltas;
   if (!is_descriptor(path)) {
     deltas.push_back(Delta::open(storage, path, mode, allow_dirty));
     return std::make_unique<Stack>(std::move(deltas));
   }
   Descriptor d = Descriptor::load(storage, path);
-  std::vector<std::string> files = d.chain();
+  if (!guid.empty() && guid != d.top_guid && mode == OpenMode::kReadWrite) {
+    throw Error(Exit::kParam, path + ": snapshot " + guid + " is read-only; only the top delta can be written");
+  }
+  std::vector<std::string> files = d.chain(guid);
+  const bool is_top = guid.empty() || guid == d.top_guid;
   // A writer locks the base of the chain (as OpenVZ ploop does) and the top (as qemu does).
   std::unique_ptr<File> base_lock;
   if (mode == OpenMode::kReadWrite && files.size() > 1) {
@@ -64,7 +69,7 @@ std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, Open
       throw Error(Exit::kDescriptor, path + ": Blocksize " + std::to_string(d.blocksize) + " but " + files[i] +
                                          " has clusters of " + std::to_string(h.cluster_sectors) + " sectors");
     }
-    if (top && h.size_sectors != d.size_sectors) {
+    if (top && is_top && h.size_sectors != d.size_sectors && h.size_sectors != d.pending_size) {
       throw Error(Exit::kDescriptor, path + ": Disk_size " + std::to_string(d.size_sectors) + " sectors but top delta " +
                                          files[i] + " is " + std::to_string(h.size_sectors));
     }

@@ -28,7 +28,8 @@ std::string create_disk(Storage& storage, const std::string& image_path, const C
 
 // Opens a descriptor's chain (top writable if `mode` is kReadWrite) or a single delta.
 // Throws Error(kDescriptor) if the descriptor and the deltas disagree on size or cluster size.
+// With `guid`, opens the chain from the base up to that snapshot (read-only unless it is the top).
 std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode,
-                                 bool allow_dirty = false);
+                                 bool allow_dirty = false, const std::string& guid = "");
 
 }  // namespace ploop

@@ -22,6 +22,7 @@
 
 #include "ploop/cluster_locks.h"
 #include "ploop/delta.h"
+#include "ploop/seal.h"
 
 namespace ploop {
 
@@ -57,6 +58,10 @@ class Stack {
   Extent status(uint64_t offset, uint64_t max_len);
 
   void close();
+  // From now on every read from a level that has a verifier is checked against its seal, 4 KiB
+  // block by block; a mismatch fails the read with Error(kFormat) naming the cluster.
+  // `verifiers[level]` may be null (that level is not verified).
+  void verify_reads(std::vector<std::unique_ptr<SealVerifier>> verifiers);
   // Keeps `f` open as long as the stack lives: the image lock of a chain's base (see File::lock_image).
   void hold_lock(std::unique_ptr<File> f) { lock_ = std::move(f); }
 
@@ -87,6 +92,7 @@ class Stack {
   void copy_up(uint32_t vc, uint32_t in_off, const uint8_t* src, uint32_t n);
   void zero_cluster(uint32_t vc, bool whole);
   bool lower_maps(uint32_t vc) const;
+  void read_verified(uint8_t lv, uint32_t vc, uint32_t in, uint8_t* dst, uint32_t n);
 
   std::vector<std::unique_ptr<Delta>> deltas_;
   uint64_t size_;
@@ -98,6 +104,7 @@ class Stack {
   std::vector<uint8_t> level_;     // merged map: owning delta index + 1, 0 = unmapped
   ClusterLocks locks_;
   std::unique_ptr<File> lock_;
+  std::vector<std::unique_ptr<SealVerifier>> verifiers_;
 };
 
 }  // namespace ploop

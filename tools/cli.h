@@ -19,6 +19,8 @@ void add_info(CLI::App& app, int& rc);
 void add_check(CLI::App& app, int& rc);
 void add_import(CLI::App& app, int& rc);
 void add_export(CLI::App& app, int& rc);
+void add_snapshot(CLI::App& app, int& rc);  // snapshot, snapshot-list/-switch/-delete/-merge
+void add_resize(CLI::App& app, int& rc);
 
 // "10G", "512M", "100" (sectors, as ploop) -> bytes. Throws ploop::Error(kParam).
 uint64_t parse_size(const std::string& text);

@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   cli::add_check(app, rc);
   cli::add_import(app, rc);
   cli::add_export(app, rc);
+  cli::add_snapshot(app, rc);
+  cli::add_resize(app, rc);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
