@@ -267,6 +267,21 @@ void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua) {
   if (fua) flush();
 }
 
+bool Stack::zeroes_are_fast(uint64_t offset, uint64_t len) {
+  check_range(offset, len, "write_zeroes");
+  for (uint64_t pos = offset; pos < offset + len;) {
+    uint32_t vc = static_cast<uint32_t>(pos / cluster_);
+    uint64_t start = uint64_t{vc} * cluster_, end = std::min(start + cluster_, size_);
+    bool whole = pos == start && offset + len >= end;
+    locks_.lock_shared(vc);
+    uint8_t lv = level_[vc];
+    locks_.unlock_shared(vc);
+    if (lv != 0 && !(whole && lv == top_level_ && !lower_maps(vc))) return false;
+    pos = end;
+  }
+  return true;
+}
+
 Stack::Extent Stack::status(uint64_t offset, uint64_t max_len) {
   check_range(offset, max_len ? 1 : 0, "read");
   if (offset >= size_) return {0, false, -1};

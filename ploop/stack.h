@@ -47,6 +47,9 @@ class Stack {
   void flush();
   void discard(uint64_t offset, uint64_t len);
   void write_zeroes(uint64_t offset, uint64_t len, bool fua = false);
+  // Whether write_zeroes() of this range would only release or skip clusters (no data written):
+  // every cluster in it is unmapped, or wholly covered and mapped by the top alone.
+  bool zeroes_are_fast(uint64_t offset, uint64_t len);
 
   // Allocation status from `offset` for at most `max_len` bytes: the length of the run of clusters
   // that are all mapped by some delta (allocated) or all unmapped (reads as zeros).

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   cli::add_export(app, rc);
   cli::add_snapshot(app, rc);
   cli::add_resize(app, rc);
+  cli::add_serve(app, rc);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;

@@ -1,0 +1,72 @@
+// One NBD client connection: the fixed-newstyle handshake, then the transmission phase, served
+// from a delta stack. Everything the client sends is validated before use: magic numbers,
+// option and request lengths (bounded, so a hostile client cannot make the server allocate
+// without limit), offsets against the export size, command flags. A protocol violation that
+// leaves the stream unparseable ends the connection; anything else gets the protocol's error
+// reply. One connection never touches another's state.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+
+#include "kmod-shim/worker_pool.h"
+#include "ploop/stack.h"
+
+namespace nbd {
+
+struct ExportOptions {
+  std::string name;                    // the export's name; "" (the default export) also matches
+  bool read_only = false;
+  uint32_t max_payload = 32u << 20;    // largest READ/WRITE accepted
+  unsigned max_in_flight = 64;         // requests of one connection queued or running at once
+};
+
+struct Stats {
+  std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, trims{0}, zeroes{0}, block_status{0}, errors{0};
+  std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
+};
+
+class Connection {
+ public:
+  // Takes ownership of `fd` (a connected stream socket).
+  Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats);
+  ~Connection();
+  // Runs the handshake and then serves requests until the client disconnects, breaks the
+  // protocol, or shutdown() is called. Returns when every request in flight has been answered.
+  void serve();
+  // Makes serve() return soon (from any thread).
+  void shutdown();
+
+ private:
+  bool handshake();
+  bool option_reply(uint32_t opt, uint32_t type, const void* data, uint32_t len);
+  bool handle_info_go(uint32_t opt, const std::vector<uint8_t>& data);
+  bool handle_meta_context(uint32_t opt, const std::vector<uint8_t>& data);
+  void transmission();
+  void execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_t offset, uint32_t len,
+               std::vector<uint8_t> payload);
+  void reply_simple(uint64_t cookie, uint32_t error, const uint8_t* data, size_t len);
+  void reply_read(uint64_t cookie, uint64_t offset, const uint8_t* data, size_t len);
+  void reply_error(uint64_t cookie, uint32_t error);
+  void reply_block_status(uint64_t cookie, const std::vector<uint8_t>& descriptors);
+  bool send_all(const void* a, size_t alen, const void* b = nullptr, size_t blen = 0);
+  uint16_t transmission_flags() const;
+
+  int fd_;
+  ploop::Stack& stack_;
+  ExportOptions opts_;
+  shim::WorkerPool& pool_;
+  Stats& stats_;
+  bool structured_ = false;
+  bool base_allocation_ = false;  // meta context selected (id 1)
+  std::mutex send_mu_;
+  std::mutex flight_mu_;
+  std::condition_variable flight_cv_;
+  unsigned in_flight_ = 0;
+  std::atomic<bool> broken_{false};
+};
+
+}  // namespace nbd
