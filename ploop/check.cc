@@ -184,9 +184,19 @@ CheckReport check_delta(Storage& storage, const std::string& path, const CheckOp
   bool header_changed = false;
   if (h.ext_offset_sectors) {
     uint64_t ext = h.ext_offset_sectors * kSectorSize;
+    std::string bad;
     if (ext % cs || ext / cs < data_start || ext + cs > r.file_size) {
-      auto& x = add(CheckFinding::kWarning, "format extension offset " + n2s(h.ext_offset_sectors) +
-                                                " sectors is not a cluster inside the file");
+      bad = "is not a cluster inside the file's data area";
+    } else if (owner[ext / cs] != kNoOwner) {
+      bad = "points at cluster " + n2s(ext / cs) + ", which BAT entry " + n2s(owner[ext / cs]) + " uses for data";
+    } else {
+      uint8_t magic[8];
+      f->read(magic, 8, ext);
+      if (le::load64(magic) != kFormatExtensionMagic) bad = "points at a cluster without the extension magic";
+    }
+    if (!bad.empty()) {
+      // Readers (qemu) refuse such an image; dropping the offset loses only the unusable extension.
+      auto& x = add(CheckFinding::kError, "format extension offset " + n2s(h.ext_offset_sectors) + " sectors " + bad);
       if (opts.repair) {
         h.ext_offset_sectors = 0;
         header_changed = x.repaired = true;

@@ -200,6 +200,9 @@ void Descriptor::validate(const std::string& name) const {
     if (i.type != "Compressed" && i.type != "Plain") {
       bad(name, "image " + i.guid + " has type '" + i.type + "', expected Compressed or Plain");
     }
+    for (const auto& j : images) {
+      if (&j != &i && j.file == i.file) bad(name, "image file '" + i.file + "' is named by two images");
+    }
     if (!safe_file_name(i.file)) {
       bad(name, "image file '" + i.file + "' is not a name inside the descriptor's directory");
     }

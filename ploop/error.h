@@ -13,6 +13,7 @@ namespace ploop {
 enum class Exit : int {
   kOk = 0,
   kCreate = 1,       // could not create a file
+  kDevice = 2,       // could not set up or reach the block device (daemon, loop, nbd, ublk)
   kOpen = 4,         // could not open a file (missing, permission)
   kMemory = 5,       // out of memory
   kRead = 6,         // I/O error while reading
@@ -22,11 +23,15 @@ enum class Exit : int {
   kFsync = 16,       // fsync failed
   kBusy = 17,        // another operation is in progress
   kTruncate = 19,    // ftruncate failed
+  kMount = 21,       // could not mount the file system
+  kUmount = 22,      // could not unmount it
   kLock = 23,        // could not take the image lock
+  kMkfs = 24,        // could not create the file system
   kRename = 28,      // rename failed
   kInUse = 37,       // image is in use (in-use flag set, or locked by a writer)
   kParam = 38,       // bad parameter
   kDescriptor = 39,  // DiskDescriptor.xml is missing or malformed
+  kNotMounted = 40,  // the disk is not mounted
 };
 
 class Error : public std::runtime_error {

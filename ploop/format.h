@@ -18,6 +18,7 @@ inline constexpr uint32_t kBatMapOffset = kHeaderSize / 4;  // header occupies B
 inline constexpr uint32_t kImageType = 2;                  // PRL_IMAGE_COMPRESSED ("expandable")
 inline constexpr uint32_t kInUseMagic = 0x746F6E59;             // "Ynot": open read-write / not closed
 inline constexpr uint32_t kClosedV21 = 0x312e3276;         // "v2.1": closed, format extension valid
+inline constexpr uint64_t kFormatExtensionMagic = 0xAB234CEF23DCEA87ull;  // first 8 bytes of the extension
 inline constexpr uint32_t kFlagEmpty = 0x1;                // CIF_Empty
 inline constexpr uint32_t kFlagFmtConvert = 0x2;           // CIF_FmtVersionConvert
 inline constexpr uint32_t kMinClusterSectors = 64;         // 32 KiB

@@ -22,6 +22,7 @@ void add_export(CLI::App& app, int& rc);
 void add_snapshot(CLI::App& app, int& rc);  // snapshot, snapshot-list/-switch/-delete/-merge
 void add_resize(CLI::App& app, int& rc);
 void add_serve(CLI::App& app, int& rc);
+void add_mount(CLI::App& app, int& rc);  // mount, umount, list
 
 // "10G", "512M", "100" (sectors, as ploop) -> bytes. Throws ploop::Error(kParam).
 uint64_t parse_size(const std::string& text);

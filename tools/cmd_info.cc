@@ -2,6 +2,12 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <sys/statvfs.h>
+
+#include <filesystem>
+
+#include "fsutil/fsutil.h"
+#include "kmod-shim/daemon/registry.h"
 #include "ploop/delta.h"
 #include "ploop/disk.h"
 #include "ploop/error.h"
@@ -68,6 +74,30 @@ void add_info(CLI::App& app, int& rc) {
       out["cluster_size"] = j["cluster_size"];
       out["deltas"] = nlohmann::json::array({j});
     }
+    {
+      // The file system inside: probed from the disk's first MiB; live usage if it is mounted.
+      auto stack = ploop::open_disk(storage(), *path, ploop::OpenMode::kReadOnly);
+      std::vector<uint8_t> head(std::min<uint64_t>(1 << 20, stack->size()));
+      stack->read(head.data(), 0, head.size());
+      fsutil::FsInfo fi = fsutil::probe(head);
+      if (!fi.type.empty()) {
+        nlohmann::json f{{"type", fi.type}, {"uuid", fi.uuid}, {"label", fi.label}};
+        if (fi.block_size) {
+          f["size"] = fi.blocks * fi.block_size;
+          f["free"] = fi.free_blocks * fi.block_size;
+        }
+        for (const auto& st : shim::list_states()) {
+          struct statvfs v;
+          if (!st.mountpoint.empty() && ploop::is_descriptor(*path) && st.dd == std::filesystem::canonical(*path).string() &&
+              ::statvfs(st.mountpoint.c_str(), &v) == 0) {
+            f["mountpoint"] = st.mountpoint;
+            f["size"] = uint64_t{v.f_blocks} * v.f_frsize;
+            f["free"] = uint64_t{v.f_bfree} * v.f_frsize;
+          }
+        }
+        out["filesystem"] = f;
+      }
+    }
     if (*json) {
       std::printf("%s\n", out.dump(2).c_str());
     } else {
@@ -75,6 +105,16 @@ void add_info(CLI::App& app, int& rc) {
       std::printf("size:         %s (%llu bytes)\n", human(out["size"]).c_str(),
                   static_cast<unsigned long long>(out["size"].get<uint64_t>()));
       std::printf("cluster size: %s\n", human(out["cluster_size"]).c_str());
+      if (out.contains("filesystem")) {
+        const auto& f = out["filesystem"];
+        std::printf("filesystem:   %s, UUID %s%s%s", f["type"].get<std::string>().c_str(), f["uuid"].get<std::string>().c_str(),
+                    f["label"].get<std::string>().empty() ? "" : ", label ", f["label"].get<std::string>().c_str());
+        if (f.contains("size")) {
+          std::printf(", %s used of %s", human(f["size"].get<uint64_t>() - f["free"].get<uint64_t>()).c_str(),
+                      human(f["size"]).c_str());
+        }
+        std::printf("%s\n", f.contains("mountpoint") ? (" (mounted at " + f["mountpoint"].get<std::string>() + ")").c_str() : "");
+      }
       for (const auto& j : out["deltas"]) {
         std::printf("delta:        %s  v%d  %s on disk, %llu clusters allocated%s\n",
                     j["file"].get<std::string>().c_str(), j["version"].get<int>(),

@@ -6,6 +6,25 @@
 #include "ploop/error.h"
 #include "tools/cli.h"
 
+namespace {
+
+// Error text can carry names from a descriptor or the command line: keep it one printable line.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\x%02x", c);
+      out += esc;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"ploop: container disk images (OpenVZ ploop v2 compatible)", "ploop"};
   app.require_subcommand(1);
@@ -19,6 +38,7 @@ int main(int argc, char** argv) {
   cli::add_snapshot(app, rc);
   cli::add_resize(app, rc);
   cli::add_serve(app, rc);
+  cli::add_mount(app, rc);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
@@ -27,7 +47,7 @@ int main(int argc, char** argv) {
       names += (names.empty() ? "" : ", ") + sub->get_name();
     }
     if (!known) {
-      std::fprintf(stderr, "ploop: unknown command '%s' (this build has: %s)\n", argv[1], names.c_str());
+      std::fprintf(stderr, "ploop: unknown command '%s' (this build has: %s)\n", printable(argv[1]).c_str(), names.c_str());
       return static_cast<int>(ploop::Exit::kParam);
     }
   }
@@ -40,16 +60,16 @@ int main(int argc, char** argv) {
     std::fputs(app.help("", CLI::AppFormatMode::All).c_str(), stdout);
     return 0;
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "ploop: %s (see 'ploop --help')\n", e.what());
+    std::fprintf(stderr, "ploop: %s (see 'ploop --help')\n", printable(e.what()).c_str());
     return static_cast<int>(ploop::Exit::kParam);
   } catch (const ploop::Error& e) {
-    std::fprintf(stderr, "ploop: %s\n", e.what());
+    std::fprintf(stderr, "ploop: %s\n", printable(e.what()).c_str());
     return static_cast<int>(e.code());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "ploop: out of memory\n");
     return static_cast<int>(ploop::Exit::kMemory);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ploop: %s\n", e.what());
+    std::fprintf(stderr, "ploop: %s\n", printable(e.what()).c_str());
     return static_cast<int>(ploop::Exit::kSys);
   }
   return rc;

@@ -1,0 +1,70 @@
+#include "kmod-shim/daemon/registry.h"
+
+#include <signal.h>
+#include <xxhash.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "ploop/error.h"
+
+namespace shim {
+
+bool MountState::alive() const { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+
+std::string run_root() {
+  const char* e = std::getenv("PLOOP_RUN_DIR");
+  return e && *e ? e : "/run/ploop";
+}
+
+std::string state_dir_for(const std::string& dd) {
+  char id[17];
+  std::snprintf(id, sizeof id, "%016llx", static_cast<unsigned long long>(XXH3_64bits(dd.data(), dd.size())));
+  return run_root() + "/" + id;
+}
+
+void save_state(const MountState& s) {
+  nlohmann::json j{{"dd", s.dd},         {"pid", s.pid},   {"front", s.front},       {"device", s.device},
+                   {"direct_io", s.direct_io}, {"mountpoint", s.mountpoint}, {"read_only", s.read_only},
+                   {"log", s.log},       {"socket", s.socket}};
+  std::string tmp = s.dir + "/state.json.tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+    if (!out) throw ploop::Error(ploop::Exit::kWrite, tmp + ": cannot write");
+  }
+  std::filesystem::rename(tmp, s.dir + "/state.json");
+}
+
+std::optional<MountState> load_state(const std::string& dir) {
+  std::ifstream in(dir + "/state.json");
+  if (!in) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  MountState s;
+  s.dir = dir;
+  s.dd = j.value("dd", "");
+  s.pid = j.value("pid", 0);
+  s.front = j.value("front", "");
+  s.device = j.value("device", "");
+  s.direct_io = j.value("direct_io", false);
+  s.mountpoint = j.value("mountpoint", "");
+  s.read_only = j.value("read_only", false);
+  s.log = j.value("log", "");
+  s.socket = j.value("socket", "");
+  return s;
+}
+
+std::vector<MountState> list_states() {
+  std::vector<MountState> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(run_root(), ec)) {
+    if (auto s = load_state(e.path())) out.push_back(*s);
+  }
+  return out;
+}
+
+}  // namespace shim

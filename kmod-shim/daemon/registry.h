@@ -1,0 +1,34 @@
+// What is mounted: one directory per disk under /run/ploop/<id>/ (id = a hash of the descriptor's
+// real path) holding the FUSE mount point, the daemon's control socket, its log and state.json.
+// `ploop list` reads these; `ploop umount` uses them to undo a mount, even after the daemon died.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace shim {
+
+struct MountState {
+  std::string dd;          // real path of DiskDescriptor.xml
+  std::string dir;         // /run/ploop/<id>
+  int pid = 0;             // the daemon
+  std::string front;       // "fuse" (kernel nbd and ublk: see the ublk/nbd issue)
+  std::string device;      // /dev/loopN
+  bool direct_io = false;  // of the loop device
+  std::string mountpoint;  // "" if only the device is attached
+  bool read_only = false;
+  std::string log;         // the daemon's log file
+  std::string socket;      // control socket
+
+  bool alive() const;
+  std::string fuse_dir() const { return dir + "/fuse"; }
+};
+
+std::string run_root();  // /run/ploop, or $PLOOP_RUN_DIR
+std::string state_dir_for(const std::string& dd_realpath);
+void save_state(const MountState& s);
+std::optional<MountState> load_state(const std::string& dir);
+std::vector<MountState> list_states();
+
+}  // namespace shim
