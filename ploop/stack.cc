@@ -1,6 +1,7 @@
 #include "ploop/stack.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -27,6 +28,25 @@ uint8_t* scratch() {
 bool all_zero(const uint8_t* p, size_t n) {
   return n == 0 || (p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0);
 }
+
+// Counts one request of `op` for `bytes` when it goes out of scope (also on error).
+class Timed {
+ public:
+  Timed(StackStats& s, StackStats::Op op, uint64_t bytes)
+      : s_(s), op_(op), bytes_(bytes), start_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start_).count();
+    s_.count[op_].fetch_add(1, std::memory_order_relaxed);
+    s_.bytes[op_].fetch_add(bytes_, std::memory_order_relaxed);
+    s_.nanos[op_].fetch_add(static_cast<uint64_t>(ns), std::memory_order_relaxed);
+  }
+
+ private:
+  StackStats& s_;
+  StackStats::Op op_;
+  uint64_t bytes_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -76,6 +96,7 @@ void Stack::check_range(uint64_t offset, uint64_t len, const char* op) const {
 
 void Stack::read(void* buf, uint64_t offset, size_t len) {
   check_range(offset, len, "read");
+  Timed t(stats_, StackStats::kRead, len);
   auto* p = static_cast<uint8_t*>(buf);
   while (len) {
     uint32_t vc = static_cast<uint32_t>(offset / cluster_);
@@ -103,6 +124,7 @@ void Stack::read(void* buf, uint64_t offset, size_t len) {
 
 void Stack::write(const void* buf, uint64_t offset, size_t len, bool fua) {
   check_range(offset, len, "write");
+  Timed t(stats_, StackStats::kWrite, len);
   auto* p = static_cast<const uint8_t*>(buf);
   while (len) {
     uint32_t vc = static_cast<uint32_t>(offset / cluster_);
@@ -206,11 +228,13 @@ bool Stack::lower_maps(uint32_t vc) const {
 }
 
 void Stack::flush() {
+  Timed t(stats_, StackStats::kFlush, 0);
   if (writable_) top().flush();
 }
 
 void Stack::discard(uint64_t offset, uint64_t len) {
   check_range(offset, len, "discard");
+  Timed t(stats_, StackStats::kDiscard, len);
   // Only whole clusters that no lower delta maps can be released; the rest of a discard is a hint
   // that is allowed to change nothing.
   uint64_t first = (offset + cluster_ - 1) / cluster_, end = (offset + len) / cluster_;
@@ -234,6 +258,7 @@ void Stack::discard(uint64_t offset, uint64_t len) {
 
 void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua) {
   check_range(offset, len, "write_zeroes");
+  Timed t(stats_, StackStats::kZero, len);
   while (len) {
     uint32_t vc = static_cast<uint32_t>(offset / cluster_);
     uint32_t in = static_cast<uint32_t>(offset % cluster_);

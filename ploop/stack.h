@@ -16,6 +16,7 @@
 // All methods may be called from several threads at once.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -25,6 +26,16 @@
 #include "ploop/seal.h"
 
 namespace ploop {
+
+// Per-operation counters of a stack, for the daemon's status: how many requests, how many bytes,
+// and how long they took in total (nanoseconds), by kind.
+struct StackStats {
+  enum Op { kRead, kWrite, kFlush, kDiscard, kZero, kOps };
+  static constexpr const char* kNames[kOps] = {"read", "write", "flush", "discard", "write_zeroes"};
+  std::atomic<uint64_t> count[kOps] = {};
+  std::atomic<uint64_t> bytes[kOps] = {};
+  std::atomic<uint64_t> nanos[kOps] = {};
+};
 
 class Stack {
  public:
@@ -61,6 +72,7 @@ class Stack {
   Extent status(uint64_t offset, uint64_t max_len);
 
   void close();
+  const StackStats& stats() const { return stats_; }
   // From now on every read from a level that has a verifier is checked against its seal, 4 KiB
   // block by block; a mismatch fails the read with Error(kFormat) naming the cluster.
   // `verifiers[level]` may be null (that level is not verified).
@@ -106,6 +118,7 @@ class Stack {
   std::vector<uint32_t> phys_;     // merged map: file cluster in the owning delta
   std::vector<uint8_t> level_;     // merged map: owning delta index + 1, 0 = unmapped
   ClusterLocks locks_;
+  StackStats stats_;
   std::unique_ptr<File> lock_;
   std::vector<std::unique_ptr<SealVerifier>> verifiers_;
 };

@@ -115,7 +115,15 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
         if (cmd == "status") {
           nlohmann::json chain = nlohmann::json::array();
           for (size_t i = 0; i < stack->depth(); ++i) chain.push_back(stack->delta(i).path());
+          nlohmann::json ops = nlohmann::json::object();
+          const ploop::StackStats& st = stack->stats();
+          for (int i = 0; i < ploop::StackStats::kOps; ++i) {
+            uint64_t cnt = st.count[i];
+            double avg_us = cnt ? static_cast<double>(st.nanos[i].load()) / static_cast<double>(cnt) / 1000.0 : 0.0;
+            ops[ploop::StackStats::kNames[i]] = {{"count", cnt}, {"bytes", st.bytes[i].load()}, {"avg_latency_us", avg_us}};
+          }
           answer = nlohmann::json{{"size", stack->size()},
+                                  {"ops", ops},
                                   {"cluster_size", stack->cluster_bytes()},
                                   {"chain", chain},
                                   {"front", "fuse"},

@@ -16,17 +16,19 @@
 // - every opener (loop, dd, cmp, a test) sees the same bytes: no opener can read stale cached
 //   pages after another wrote through a different open, which mixing cached and direct opens of
 //   one FUSE file allows.
-// The price: the file cannot be mmap()ed (the kernel refuses mmap on direct_io files), and small
-// buffered reads are not cached. O_DIRECT opens need no alignment (FUSE passes any offset).
+// The price: MAP_SHARED mmap() of the file fails with ENODEV (libfuse 3.14 cannot negotiate
+// FUSE_DIRECT_IO_ALLOW_MMAP; MAP_PRIVATE works), and small buffered reads are not cached.
+// O_DIRECT opens need no alignment (FUSE passes any offset through).
 //
-// Buffers and concurrency: libfuse's multi-threaded loop (clone_fd, one /dev/fuse descriptor and
-// one receive buffer per worker thread) runs each request on one worker from receipt to reply. A
-// write is served straight from that worker's receive buffer with the request's own offset; a read
-// fills a per-thread buffer that is sent before the worker takes its next request. Nothing is
-// shared between concurrent requests except the Stack, which is thread-safe (this is what
-// qemu-storage-daemon 7.2's FUSE export got wrong under a direct-I/O loop with concurrent writes).
-// Note: libfuse 3.14 cannot ask for FOPEN_PARALLEL_DIRECT_WRITES, so the kernel serialises
-// synchronous writes on the file's inode lock; asynchronous (loop direct-I/O) writes still overlap.
+// Buffers and concurrency: libfuse's multi-threaded loop (clone_fd: one /dev/fuse descriptor and
+// one receive buffer per worker thread; at most 10 workers, libfuse's limit for API version 35)
+// runs each request on one worker from receipt to reply. A write is served straight from that
+// worker's receive buffer with the request's own offset; a read fills a per-thread buffer that is
+// sent before the worker takes its next request. Concurrent requests share nothing but the Stack,
+// which is thread-safe. (A direct-I/O loop device with concurrent writes, where qemu-storage-daemon
+// 7.2's FUSE export corrupted data, puts up to 10 requests in flight here; the tests cover it.)
+// libfuse 3.14 cannot ask for FOPEN_PARALLEL_DIRECT_WRITES, so the kernel serialises synchronous
+// writes to the file on its inode lock; asynchronous (loop direct-I/O) writes still overlap.
 //
 // Semantics of `disk`:
 // - read: past the end returns 0 bytes; a read crossing the end is short.
