@@ -5,6 +5,7 @@
 
 #include "ploop/error.h"
 #include "ploop/paths.h"
+#include "ploop/seal.h"
 
 namespace ploop {
 namespace {
@@ -44,9 +45,14 @@ TransferStats import_raw(Storage& storage, const std::string& raw_path, const st
 }
 
 TransferStats export_raw(Storage& storage, const std::string& disk_path, const std::string& out_path,
-                         const Progress& progress) {
+                         const Progress& progress, bool verify) {
   if (storage.exists(out_path)) throw Error(Exit::kCreate, out_path + ": already exists");
   auto stack = open_disk(storage, disk_path, OpenMode::kReadOnly);
+  if (verify) {
+    std::vector<std::unique_ptr<SealVerifier>> v;
+    for (size_t i = 0; i < stack->depth(); ++i) v.push_back(SealVerifier::load(storage, stack->delta(i).path()));
+    stack->verify_reads(std::move(v));
+  }
   auto out = storage.create(out_path);
   TransferStats st;
   st.bytes_total = stack->size();

@@ -25,8 +25,9 @@ TransferStats import_raw(Storage& storage, const std::string& raw_path, const st
 
 // Writes what the disk at `disk_path` (descriptor or delta) reads into a new file `out_path` of
 // the disk's size; unallocated and all-zero clusters are left as holes. Refuses if `out_path`
-// exists.
+// exists. With `verify`, every read from a sealed delta is checked against its seal, and the first
+// mismatch fails the export (naming the delta, cluster and offset) and removes `out_path`.
 TransferStats export_raw(Storage& storage, const std::string& disk_path, const std::string& out_path,
-                         const Progress& progress = {});
+                         const Progress& progress = {}, bool verify = false);
 
 }  // namespace ploop

@@ -26,10 +26,12 @@ void add_export(CLI::App& app, int& rc) {
   auto* c = app.add_subcommand("export", "Write what a disk reads into a sparse raw file");
   auto disk = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
+  auto verify = std::make_shared<bool>(false);
+  c->add_flag("--verify", *verify, "Check every read from a sealed delta against its seal");
   c->add_option("DISK", *disk, "DiskDescriptor.xml or image file")->required();
   c->add_option("OUT", *out, "Raw file to create")->required();
   c->callback([=, &rc] {
-    auto st = ploop::export_raw(storage(), *disk, *out, terminal_progress("exporting"));
+    auto st = ploop::export_raw(storage(), *disk, *out, terminal_progress("exporting"), *verify);
     std::printf("Exported %s to %s: %llu of %llu bytes hold data\n", disk->c_str(), out->c_str(),
                 static_cast<unsigned long long>(st.bytes_copied), static_cast<unsigned long long>(st.bytes_total));
     rc = 0;
