@@ -60,8 +60,10 @@ class Storage {
   virtual void sync_dir(const std::string& dir) = 0;
 };
 
-// The real operating system. With `direct`, files are opened O_DIRECT (callers then pass
-// 512-byte aligned offsets and lengths; buffers are bounced if not aligned).
-std::unique_ptr<Storage> make_posix_storage(bool direct = false);
+// The real operating system. With `direct`, files are opened O_DIRECT (unaligned requests are
+// bounced through aligned buffers, or sent through a buffered descriptor when not whole sectors).
+// With `uring`, reads and writes go through a per-thread io_uring instead of pread/pwrite (the
+// daemon's data path); synchronous either way.
+std::unique_ptr<Storage> make_posix_storage(bool direct = false, bool uring = false);
 
 }  // namespace ploop

@@ -37,7 +37,7 @@ void add_serve(CLI::App& app, int& rc) {
   c->add_option("--name", *name, "Export name (the default export \"\" always matches)");
   c->add_option("DISK", *disk, "DiskDescriptor.xml or image file")->required();
   c->callback([=, &rc] {
-    auto storage = ploop::make_posix_storage(true);
+    auto storage = ploop::make_posix_storage(/*direct=*/true, /*uring=*/true);
     auto stack = ploop::open_disk(*storage, *disk, *ro ? ploop::OpenMode::kReadOnly : ploop::OpenMode::kReadWrite);
     nbd::ServerOptions o;
     o.exp.name = *name;

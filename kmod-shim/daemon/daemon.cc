@@ -77,7 +77,7 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
     if (::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
       log("PR_SET_IO_FLUSHER not granted (%s); continuing without it", std::strerror(errno));
     }
-    auto storage = ploop::make_posix_storage(true);
+    auto storage = ploop::make_posix_storage(/*direct=*/true, /*uring=*/true);
     // An image left in use by a daemon that died is checked and repaired before it is served.
     ploop::Descriptor d = ploop::Descriptor::load(*storage, cfg.dd);
     std::string top = ploop::join_path(ploop::dir_of(cfg.dd), d.image(d.top_guid)->file);
