@@ -19,8 +19,8 @@ Delta::Delta(std::unique_ptr<File> file, bool writable) : file_(std::move(file))
 
 Delta::~Delta() = default;
 
-std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, uint64_t size_bytes,
-                                     uint32_t cluster_sectors, int version) {
+void Delta::create_closed(Storage& storage, const std::string& path, uint64_t size_bytes, uint32_t cluster_sectors,
+                          int version) {
   Header h = make_header(size_bytes, cluster_sectors, version);
   auto file = storage.create(path);
   std::vector<uint8_t> meta(h.data_offset_bytes(), 0);
@@ -31,7 +31,11 @@ std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, 
   }
   file->sync();
   storage.sync_dir(dir_of(path));
-  file.reset();
+}
+
+std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, uint64_t size_bytes,
+                                     uint32_t cluster_sectors, int version) {
+  create_closed(storage, path, size_bytes, cluster_sectors, version);
   return open(storage, path, OpenMode::kReadWrite);
 }
 
@@ -136,6 +140,15 @@ uint32_t Delta::cluster_of(uint32_t vc) const {
   uint32_t e = entry_locked(vc), c = 0;
   if (e) bat_entry_to_cluster(h_, e, c);  // validated at open
   return c;
+}
+
+std::vector<uint32_t> Delta::clusters() const {
+  std::lock_guard lk(mu_);
+  std::vector<uint32_t> out(h_.bat_entries, 0);
+  for (uint32_t vc = 0; vc < h_.bat_entries; ++vc) {
+    if (uint32_t e = entry_locked(vc)) bat_entry_to_cluster(h_, e, out[vc]);  // validated at open
+  }
+  return out;
 }
 
 uint64_t Delta::mapped_clusters() const {

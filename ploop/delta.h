@@ -32,6 +32,10 @@ class Delta {
   // Creates a new empty delta file (it must not exist) and syncs it.
   static std::unique_ptr<Delta> create(Storage& storage, const std::string& path, uint64_t size_bytes,
                                        uint32_t cluster_sectors, int version = 2);
+  // Writes a new empty delta, cleanly closed, with one sync (and the directory's). The fast path
+  // for snapshots and new disks, which do not write to the new delta right away.
+  static void create_closed(Storage& storage, const std::string& path, uint64_t size_bytes, uint32_t cluster_sectors,
+                            int version = 2);
   // Opens an existing delta. Read-write opens take the image lock (unless the caller already
   // holds the chain's lock: `lock` false), refuse an image whose in-use flag is set unless
   // `allow_dirty`, and refuse BAT entries that share a cluster.
@@ -51,6 +55,8 @@ class Delta {
   // File cluster holding virtual cluster `vc`, or 0 if this delta does not map it.
   uint32_t cluster_of(uint32_t vc) const;
   uint64_t mapped_clusters() const;
+  // The whole map at once (one lock instead of one per entry): element vc is cluster_of(vc).
+  std::vector<uint32_t> clusters() const;
 
   // --- read-write deltas only ---
   // Reserves a free file cluster. The caller writes it in full, then calls map() or abandon().

@@ -16,8 +16,7 @@ std::string create_disk(Storage& storage, const std::string& image_path, const C
   if (storage.exists(image_path)) throw Error(Exit::kCreate, image_path + ": already exists");
   if (storage.exists(dd)) throw Error(Exit::kCreate, dd + ": already exists");
   Header h = make_header(opts.size_bytes, opts.cluster_sectors, opts.version);  // validates first
-  auto delta = Delta::create(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
-  delta->close();
+  Delta::create_closed(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
   try {
     Descriptor::make(h.size_sectors, h.cluster_sectors, base_of(image_path)).save(storage, dd);
   } catch (...) {
@@ -75,8 +74,16 @@ std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, Open
     }
   }
   auto stack = std::make_unique<Stack>(std::move(deltas));
-  stack->hold_lock(std::move(base_lock));
+  if (base_lock) stack->hold_lock(std::move(base_lock));
   return stack;
+}
+
+void hold_shared_locks(Storage& storage, Stack& stack) {
+  for (size_t i = 0; i < stack.depth(); ++i) {
+    auto f = storage.open(stack.delta(i).path(), OpenMode::kReadOnly);
+    f->lock_image_shared();
+    stack.hold_lock(std::move(f));
+  }
 }
 
 }  // namespace ploop

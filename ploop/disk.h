@@ -32,4 +32,8 @@ std::string create_disk(Storage& storage, const std::string& image_path, const C
 std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode,
                                  bool allow_dirty = false, const std::string& guid = "");
 
+// For a server that keeps a disk open read-only: makes `stack` hold a shared image lock on every
+// delta, so no writer (snapshot, merge, resize, check -r, another server) changes them meanwhile.
+void hold_shared_locks(Storage& storage, Stack& stack);
+
 }  // namespace ploop

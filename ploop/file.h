@@ -34,6 +34,9 @@ class File {
   // only if nobody else holds a lock there, and checked again after taking them. The lock lasts
   // as long as this File is open. Returns "" on success, else who holds it ("PID 1234").
   virtual std::string lock_image() { return {}; }
+  // A long-lived reader's share of the same bytes: read locks without the test, so readers
+  // coexist but writers (which test first) are refused while this File is open.
+  virtual void lock_image_shared() {}
   const std::string& path() const { return path_; }
 
  protected:

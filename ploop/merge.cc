@@ -73,6 +73,9 @@ void merge_into_parent(Session& s, std::string child_guid, const Progress& progr
     auto parent = Delta::open(s.storage, parent_path, OpenMode::kReadWrite, /*allow_dirty=*/resuming, /*lock=*/false);
     copy_down(*child, *parent, progress);
   }
+  // The parent's old seal no longer describes its file: drop it before the commit, so a crash
+  // never leaves a seal that disagrees with its delta (a missing seal only reads as "not sealed").
+  remove_seal(s.storage, parent_path);
   // Commit: the parent's file now carries the child's GUID; the parent snapshot is gone.
   std::string grandparent = d.shot(parent_guid)->parent;
   std::erase_if(d.images, [&](const DescriptorImage& im) { return im.guid == parent_guid; });

@@ -180,6 +180,15 @@ class PosixFile final : public File {
 
   int fd() const override { return fd_; }
 
+  void lock_image_shared() override {
+    struct flock fl {};
+    fl.l_type = F_RDLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kLockStart;
+    fl.l_len = kLockLen;
+    if (::fcntl(fd_, F_OFD_SETLK, &fl) < 0) throw_errno(Exit::kLock, errno, "cannot lock", path());
+  }
+
   std::string lock_image() override {
     if (std::string h = holder(); !h.empty()) return h;
     struct flock fl {};

@@ -105,9 +105,10 @@ void remove_seal(Storage& st, const std::string& delta_path) { st.remove(seal_pa
 void seal_delta(Storage& st, const std::string& delta_path, const std::string& parent, const Progress& progress) {
   auto d = Delta::open(st, delta_path, OpenMode::kReadOnly);
   const uint64_t cs = d->cluster_bytes(), bpc = cs / kSealBlock;
+  const std::vector<uint32_t> map = d->clusters();
   std::vector<uint32_t> vcs;
-  for (uint32_t vc = 0; vc < d->bat_entries(); ++vc) {
-    if (d->cluster_of(vc)) vcs.push_back(vc);
+  for (uint32_t vc = 0; vc < map.size(); ++vc) {
+    if (map[vc]) vcs.push_back(vc);
   }
   uint64_t table = (4 * vcs.size() + 7) / 8 * 8;
   std::vector<uint8_t> out(kHead + table + vcs.size() * bpc * 8 + kTrailer, 0);
@@ -122,7 +123,7 @@ void seal_delta(Storage& st, const std::string& delta_path, const std::string& p
   uint8_t* sums = &out[kHead + table];
   for (size_t i = 0; i < vcs.size(); ++i) {
     le::store32(&out[kHead + 4 * i], vcs[i]);
-    uint64_t fc = d->cluster_of(vcs[i]);
+    uint64_t fc = map[vcs[i]];
     for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
       d->file().read(buf.data(), buf.size(), fc * cs + pos);
       for (uint64_t b = 0; b < buf.size(); b += kSealBlock) {
@@ -181,8 +182,9 @@ SealReport verify_seal(Storage& st, const std::string& delta_path, const std::st
   const uint64_t cs = d->cluster_bytes();
   std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
   uint64_t done = 0, total = d->mapped_clusters();
-  for (uint32_t vc = 0; vc < d->bat_entries(); ++vc) {
-    uint64_t fc = d->cluster_of(vc);
+  const std::vector<uint32_t> map = d->clusters();
+  for (uint32_t vc = 0; vc < map.size(); ++vc) {
+    uint64_t fc = map[vc];
     if (!fc) continue;
     for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
       d->file().read(buf.data(), buf.size(), fc * cs + pos);

@@ -44,7 +44,7 @@ std::string create_snapshot(Storage& st, const std::string& dd_path, std::string
   seal_delta(st, old_top_path, top_shot->parent == kNoGuid ? "" : s->guid_path(top_shot->parent));
 
   std::string file = new_delta_file(*s);
-  Delta::create(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version)->close();
+  Delta::create_closed(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version);
   for (auto& im : d.images) {
     if (im.guid == old_top) im.guid = guid;
   }
@@ -74,7 +74,7 @@ void switch_snapshot(Storage& st, const std::string& dd_path, const std::string&
   Header h = clean_header(st, s->guid_path(guid));
 
   std::string file = new_delta_file(*s);
-  Delta::create(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version)->close();
+  Delta::create_closed(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version);
   std::erase_if(d.images, [&](const DescriptorImage& im) { return im.guid == old_top; });
   std::erase_if(d.shots, [&](const DescriptorShot& sh) { return sh.guid == old_top; });
   d.images.push_back({kTopGuid, "Compressed", file});

@@ -74,10 +74,10 @@ Stack::Stack(std::vector<std::unique_ptr<Delta>> deltas) : deltas_(std::move(del
   phys_.assign(n, 0);
   level_.assign(n, 0);
   for (size_t i = 0; i < deltas_.size(); ++i) {
-    Delta& d = *deltas_[i];
-    for (uint32_t vc = 0; vc < d.bat_entries(); ++vc) {
-      if (uint32_t c = d.cluster_of(vc)) {
-        phys_[vc] = c;
+    std::vector<uint32_t> map = deltas_[i]->clusters();
+    for (uint32_t vc = 0; vc < map.size(); ++vc) {
+      if (map[vc]) {
+        phys_[vc] = map[vc];
         level_[vc] = static_cast<uint8_t>(i + 1);
       }
     }
@@ -256,7 +256,7 @@ void Stack::discard(uint64_t offset, uint64_t len) {
   }
 }
 
-void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua) {
+void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua, bool may_unmap) {
   check_range(offset, len, "write_zeroes");
   Timed t(stats_, StackStats::kZero, len);
   while (len) {
@@ -266,7 +266,7 @@ void Stack::write_zeroes(uint64_t offset, uint64_t len, bool fua) {
     bool whole = in == 0 && (n == cluster_ || offset + n == size_);
     locks_.lock(vc);
     try {
-      if (whole && level_[vc] == top_level_ && !lower_maps(vc)) {
+      if (whole && may_unmap && level_[vc] == top_level_ && !lower_maps(vc)) {
         top().unmap(vc);  // released: reads as zeros, no lower data shows through
         level_[vc] = 0;
         phys_[vc] = 0;

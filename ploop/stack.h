@@ -57,7 +57,8 @@ class Stack {
   void write(const void* buf, uint64_t offset, size_t len, bool fua = false);
   void flush();
   void discard(uint64_t offset, uint64_t len);
-  void write_zeroes(uint64_t offset, uint64_t len, bool fua = false);
+  // With `may_unmap` false (NBD's NO_HOLE), clusters the top holds stay allocated and are zeroed.
+  void write_zeroes(uint64_t offset, uint64_t len, bool fua = false, bool may_unmap = true);
   // Whether write_zeroes() of this range would only release or skip clusters (no data written):
   // every cluster in it is unmapped, or wholly covered and mapped by the top alone.
   bool zeroes_are_fast(uint64_t offset, uint64_t len);
@@ -78,7 +79,7 @@ class Stack {
   // `verifiers[level]` may be null (that level is not verified).
   void verify_reads(std::vector<std::unique_ptr<SealVerifier>> verifiers);
   // Keeps `f` open as long as the stack lives: the image lock of a chain's base (see File::lock_image).
-  void hold_lock(std::unique_ptr<File> f) { lock_ = std::move(f); }
+  void hold_lock(std::unique_ptr<File> f) { locks_held_.push_back(std::move(f)); }
 
   // --- Fast path for asynchronous engines ---
   // A request split into pieces of at most one cluster each, every piece's cluster pinned (shared)
@@ -119,7 +120,7 @@ class Stack {
   std::vector<uint8_t> level_;     // merged map: owning delta index + 1, 0 = unmapped
   ClusterLocks locks_;
   StackStats stats_;
-  std::unique_ptr<File> lock_;
+  std::vector<std::unique_ptr<File>> locks_held_;
   std::vector<std::unique_ptr<SealVerifier>> verifiers_;
 };
 

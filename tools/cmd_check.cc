@@ -33,18 +33,15 @@ void add_check(CLI::App& app, int& rc) {
     std::vector<std::string> tree_problems, tree_notes;
     if (ploop::is_descriptor(*path)) {
       ploop::Descriptor dd = ploop::Descriptor::load(storage(), *path);  // validates the tree
-      for (const auto& sh : dd.shots) {
-        if (!sh.temporary) continue;
-        if (*repair) {
-          ploop::open_session(storage(), *path);  // finishes the interrupted operation
-          tree_notes.push_back("an interrupted operation on snapshot " + sh.guid + " was finished");
-        } else {
-          tree_notes.push_back("an interrupted operation is recorded on snapshot " + sh.guid +
-                               "; 'ploop check -r' or the next write command finishes it");
-        }
-        break;
+      bool interrupted = dd.pending_size != 0;
+      for (const auto& sh : dd.shots) interrupted = interrupted || sh.temporary;
+      if (interrupted && *repair) {
+        ploop::open_session(storage(), *path);  // finishes the interrupted merge or resize
+        tree_notes.push_back("an interrupted operation (merge or resize) was finished");
+      } else if (interrupted) {
+        tree_notes.push_back("an interrupted operation (merge or resize) is recorded; 'ploop check -r' or the next "
+                             "write command finishes it");
       }
-      if (dd.pending_size && !*repair) tree_notes.push_back("an interrupted resize is recorded");
       if (*repair) dd = ploop::Descriptor::load(storage(), *path);
       for (const auto& f : dd.chain()) files.push_back(ploop::join_path(ploop::dir_of(*path), f));
     } else {
@@ -55,7 +52,9 @@ void add_check(CLI::App& app, int& rc) {
     for (size_t i = 0; i < files.size(); ++i) {
       const std::string& f = files[i];
       ploop::CheckReport r = ploop::check_delta(storage(), f, {*repair}, terminal_progress("checking " + f));
-      if (*verify && r.ok()) {
+      if (*verify && r.ok() && i + 1 == files.size() && storage().exists(ploop::seal_path(f))) {
+        r.findings.push_back({ploop::CheckFinding::kInfo, "a seal left beside the writable top delta is ignored", false});
+      } else if (*verify && r.ok()) {
         ploop::SealReport sr = ploop::verify_seal(storage(), f, i ? files[i - 1] : "", terminal_progress("verifying " + f));
         if (sr.present && !sr.ok) r.findings.push_back({ploop::CheckFinding::kError, sr.problem, false});
         if (sr.present && sr.ok) r.findings.push_back({ploop::CheckFinding::kInfo, "seal verified", false});

@@ -1,4 +1,4 @@
-// ploop init -s SIZE [-b BLOCKSIZE] [-v 1|2] [-t none] IMAGE
+// ploop init -s SIZE [-b BLOCKSIZE] [-v 1|2] [-t none|ext4] IMAGE
 #include <cstdio>
 
 #include "fsutil/fsutil.h"

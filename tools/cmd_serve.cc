@@ -11,6 +11,7 @@
 #include "kmod-shim/nbd/server.h"
 #include "ploop/disk.h"
 #include "ploop/error.h"
+#include "ploop/session.h"
 #include "tools/cli.h"
 
 namespace cli {
@@ -38,7 +39,9 @@ void add_serve(CLI::App& app, int& rc) {
   c->add_option("DISK", *disk, "DiskDescriptor.xml or image file")->required();
   c->callback([=, &rc] {
     auto storage = ploop::make_posix_storage(/*direct=*/true, /*uring=*/true);
+    if (!*ro && ploop::is_descriptor(*disk)) ploop::open_session(*storage, *disk);  // finish interrupted operations
     auto stack = ploop::open_disk(*storage, *disk, *ro ? ploop::OpenMode::kReadOnly : ploop::OpenMode::kReadWrite);
+    if (*ro) ploop::hold_shared_locks(*storage, *stack);
     nbd::ServerOptions o;
     o.exp.name = *name;
     o.exp.read_only = *ro;

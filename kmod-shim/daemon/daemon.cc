@@ -22,6 +22,7 @@
 #include "ploop/disk.h"
 #include "ploop/error.h"
 #include "ploop/paths.h"
+#include "ploop/session.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -90,7 +91,9 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
         if (!r.ok()) throw ploop::Error(ploop::Exit::kFormat, top + ": damaged; run 'ploop check' on it");
       }
     }
+    if (!cfg.read_only) ploop::open_session(*plain, cfg.dd);  // finishes an interrupted merge or resize
     auto stack = ploop::open_disk(*storage, cfg.dd, cfg.read_only ? ploop::OpenMode::kReadOnly : ploop::OpenMode::kReadWrite);
+    if (cfg.read_only) ploop::hold_shared_locks(*storage, *stack);
     FuseExport fuse(*stack, cfg.dir + "/fuse", cfg.read_only);
     fuse.start();
     int ctl = listen_control(cfg.dir + "/ctl.sock");

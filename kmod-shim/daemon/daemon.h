@@ -22,7 +22,7 @@ struct DaemonConfig {
   bool read_only = false;
 };
 
-// Runs in the forked daemon process. Writes "ready\n" to `ready_fd` once the front end serves, or
+// Runs in the forked daemon process. Writes "ready <pid>\n" to `ready_fd` once the front end serves, or
 // "error: <message>\n" and exits non-zero. Never returns.
 [[noreturn]] void run_daemon(const DaemonConfig& cfg, int ready_fd);
 

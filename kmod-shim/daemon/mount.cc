@@ -149,6 +149,7 @@ MountState mount_disk(const MountOptions& o) {
                                                  (answer.rfind("error: ", 0) == 0 ? answer.substr(7) : "see " + s.log));
   }
   s.pid = std::atoi(answer.c_str() + 6);
+  s.start_time = process_start_time(s.pid);
   try {
     LoopDevice dev = attach_loop(s.fuse_dir() + "/disk", s.read_only, true);
     s.device = dev.path;

@@ -7,13 +7,30 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "ploop/error.h"
 
 namespace shim {
 
-bool MountState::alive() const { return pid > 0 && (::kill(pid, 0) == 0 || errno == EPERM); }
+uint64_t process_start_time(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), {});
+  auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+    if (i == 22) return std::strtoull(field.c_str(), nullptr, 10);
+  }
+  return 0;
+}
+
+bool MountState::alive() const {
+  if (pid <= 0 || (::kill(pid, 0) != 0 && errno != EPERM)) return false;
+  return start_time == 0 || process_start_time(pid) == start_time;
+}
 
 std::string run_root() {
   const char* e = std::getenv("PLOOP_RUN_DIR");
@@ -27,7 +44,7 @@ std::string state_dir_for(const std::string& dd) {
 }
 
 void save_state(const MountState& s) {
-  nlohmann::json j{{"dd", s.dd},         {"pid", s.pid},   {"front", s.front},       {"device", s.device},
+  nlohmann::json j{{"dd", s.dd},         {"pid", s.pid}, {"start_time", s.start_time},   {"front", s.front},       {"device", s.device},
                    {"direct_io", s.direct_io}, {"mountpoint", s.mountpoint}, {"read_only", s.read_only},
                    {"log", s.log},       {"socket", s.socket}};
   std::string tmp = s.dir + "/state.json.tmp";
@@ -48,6 +65,7 @@ std::optional<MountState> load_state(const std::string& dir) {
   s.dir = dir;
   s.dd = j.value("dd", "");
   s.pid = j.value("pid", 0);
+  s.start_time = j.value("start_time", uint64_t{0});
   s.front = j.value("front", "");
   s.device = j.value("device", "");
   s.direct_io = j.value("direct_io", false);

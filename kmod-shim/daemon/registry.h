@@ -3,6 +3,7 @@
 // `ploop list` reads these; `ploop umount` uses them to undo a mount, even after the daemon died.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@ struct MountState {
   std::string dd;          // real path of DiskDescriptor.xml
   std::string dir;         // /run/ploop/<id>
   int pid = 0;             // the daemon
+  uint64_t start_time = 0; // its start time (/proc/PID/stat field 22), so a recycled PID is not taken for it
   std::string front;       // "fuse" (kernel nbd and ublk: see the ublk/nbd issue)
   std::string device;      // /dev/loopN
   bool direct_io = false;  // of the loop device
@@ -25,6 +27,8 @@ struct MountState {
   std::string fuse_dir() const { return dir + "/fuse"; }
 };
 
+// The start time of a process in clock ticks since boot, 0 if there is no such process.
+uint64_t process_start_time(int pid);
 std::string run_root();  // /run/ploop, or $PLOOP_RUN_DIR
 std::string state_dir_for(const std::string& dd_realpath);
 void save_state(const MountState& s);

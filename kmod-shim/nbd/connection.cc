@@ -73,6 +73,7 @@ bool Connection::send_all(const void* a, size_t alen, const void* b, size_t blen
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
       broken_ = true;
+      ::shutdown(fd_, SHUT_RDWR);
       return false;
     }
     left -= static_cast<size_t>(w);
@@ -286,6 +287,10 @@ void Connection::serve() {
   bool ok = handshake();
   tv = {0, 0};
   setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // A client that stops reading its replies must not hold the shared workers forever: a reply
+  // that cannot be sent for 30 s ends the connection.
+  timeval stv{30, 0};
+  setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
   if (ok) transmission();
   std::unique_lock lk(flight_mu_);
   flight_cv_.wait(lk, [&] { return in_flight_ == 0; });
@@ -365,7 +370,7 @@ void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_
       case kCmdWriteZeroes:
         if (!in_range) return fail(kENoSpc);
         if ((flags & kCmdFlagFastZero) && !stack_.zeroes_are_fast(offset, len)) return fail(kENotSup);
-        stack_.write_zeroes(offset, len, flags & kCmdFlagFua);
+        stack_.write_zeroes(offset, len, flags & kCmdFlagFua, !(flags & kCmdFlagNoHole));
         ++stats_.zeroes;
         return reply_simple(cookie, 0, nullptr, 0);
       case kCmdCache:
