@@ -38,6 +38,19 @@ void add_serve(CLI::App& app, int& rc) {
   c->add_option("--name", *name, "Export name (the default export \"\" always matches)");
   c->add_option("DISK", *disk, "DiskDescriptor.xml or image file")->required();
   c->callback([=, &rc] {
+    // The listening socket comes first: a bad address must not leave the image opened.
+    std::string addr = "127.0.0.1", port;
+    if (!tcp->empty()) {
+      port = *tcp;
+      if (auto colon = tcp->rfind(':'); colon != std::string::npos) {
+        addr = tcp->substr(0, colon);
+        port = tcp->substr(colon + 1);
+      }
+      if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+          std::stoul(port) > 65535) {
+        throw ploop::Error(ploop::Exit::kParam, "--tcp " + *tcp + ": bad port");
+      }
+    }
     auto storage = ploop::make_posix_storage(/*direct=*/true, /*uring=*/true);
     if (!*ro && ploop::is_descriptor(*disk)) ploop::open_session(*storage, *disk);  // finish interrupted operations
     auto stack = ploop::open_disk(*storage, *disk, *ro ? ploop::OpenMode::kReadOnly : ploop::OpenMode::kReadWrite);
@@ -48,22 +61,19 @@ void add_serve(CLI::App& app, int& rc) {
     auto owned = std::make_unique<nbd::Server>(*stack, o);
     nbd::Server& server = *owned;
     std::string where;
-    if (!tcp->empty()) {
-      std::string addr = "127.0.0.1", port = *tcp;
-      if (auto colon = tcp->rfind(':'); colon != std::string::npos) {
-        addr = tcp->substr(0, colon);
-        port = tcp->substr(colon + 1);
+    try {
+      if (!tcp->empty()) {
+        server.listen_tcp(addr, static_cast<uint16_t>(std::stoul(port)));
+        where = "nbd://" + addr + ":" + std::to_string(server.tcp_port());
+      } else {
+        std::string path = sock->empty() ? (disk->find('/') == std::string::npos ? std::string(".") : disk->substr(0, disk->rfind('/'))) + "/nbd.sock" : *sock;
+        server.listen_unix(path);
+        where = "nbd+unix:///" + *name + "?socket=" + path;
       }
-      if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-          std::stoul(port) > 65535) {
-        throw ploop::Error(ploop::Exit::kParam, "--tcp " + *tcp + ": bad port");
-      }
-      server.listen_tcp(addr, static_cast<uint16_t>(std::stoul(port)));
-      where = "nbd://" + addr + ":" + std::to_string(server.tcp_port());
-    } else {
-      std::string path = sock->empty() ? (disk->find('/') == std::string::npos ? std::string(".") : disk->substr(0, disk->rfind('/'))) + "/nbd.sock" : *sock;
-      server.listen_unix(path);
-      where = "nbd+unix:///" + *name + "?socket=" + path;
+    } catch (...) {
+      owned.reset();
+      stack->close();
+      throw;
     }
     g_server = &server;
     struct sigaction sa {};

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "fsutil/fsutil.h"
@@ -49,6 +50,17 @@ bool wait_gone(int pid, std::chrono::milliseconds limit) {
   return true;
 }
 
+// Whether `device` is still the loop device over `file`: after a daemon died, its old /dev/loopN
+// may have been detached and handed to another disk, which must be left alone.
+bool loop_backs(const std::string& device, const std::string& file) {
+  std::string name = device.substr(device.rfind('/') + 1);
+  std::ifstream in("/sys/block/" + name + "/loop/backing_file");
+  std::string backing;
+  std::getline(in, backing);
+  if (backing.size() > 10 && backing.compare(backing.size() - 10, 10, " (deleted)") == 0) backing.resize(backing.size() - 10);
+  return !backing.empty() && backing == file;
+}
+
 // Best-effort teardown used both by umount and by a failed mount.
 void teardown(MountState& s, bool lazy_fs) {
   if (!s.mountpoint.empty() && fsutil::is_mountpoint(s.mountpoint)) {
@@ -59,7 +71,7 @@ void teardown(MountState& s, bool lazy_fs) {
       fsutil::umount_fs(s.mountpoint, true);
     }
   }
-  if (!s.device.empty()) {
+  if (!s.device.empty() && loop_backs(s.device, s.fuse_dir() + "/disk")) {
     try {
       detach_loop(s.device);
     } catch (const ploop::Error&) {
@@ -181,7 +193,11 @@ MountState mount_disk(const MountOptions& o) {
 }
 
 MountState umount_disk(const std::string& what) {
-  std::string key = real(what);
+  // The descriptor may be gone already (moved or deleted while mounted): fall back to the path
+  // as written, made absolute, to find what is mounted.
+  std::error_code ec;
+  auto canon = fs::canonical(what, ec);
+  std::string key = ec ? fs::absolute(what).lexically_normal().string() : canon.string();
   std::optional<MountState> found = load_state(state_dir_for(key));
   if (!found) {
     for (auto& s : list_states()) {

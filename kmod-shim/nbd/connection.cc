@@ -287,9 +287,9 @@ void Connection::serve() {
   bool ok = handshake();
   tv = {0, 0};
   setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  // A client that stops reading its replies must not hold the shared workers forever: a reply
-  // that cannot be sent for 30 s ends the connection.
-  timeval stv{30, 0};
+  // A client that stops reading its replies must not hold the shared workers: a reply that cannot
+  // be sent for 5 s ends the connection.
+  timeval stv{5, 0};
   setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
   if (ok) transmission();
   std::unique_lock lk(flight_mu_);

@@ -21,7 +21,10 @@ struct ExportOptions {
   std::string name;                    // the export's name; "" (the default export) also matches
   bool read_only = false;
   uint32_t max_payload = 32u << 20;    // largest READ/WRITE accepted
-  unsigned max_in_flight = 64;         // requests of one connection queued or running at once
+  // Requests of one connection queued or running at once: below the server's worker count, so a
+  // client that stops reading its replies cannot hold every worker (each stalls at most for the
+  // send timeout, 5 s, before that connection is cut).
+  unsigned max_in_flight = 8;
 };
 
 struct Stats {

@@ -21,7 +21,7 @@ namespace nbd {
 struct ServerOptions {
   ExportOptions exp;
   unsigned max_connections = 64;
-  unsigned workers = 8;
+  unsigned workers = 16;
 };
 
 class Server {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bad command lines are refused with one "ploop: " line on stderr, a non-zero exit below 128, and
 # no file created, changed or removed: init with size 0, '', -5, 10Q, a size too large, -b 100 /
-# 0 (not a power of two), -v 3, -t ext4, -v 1 over 2 TiB, into a missing directory, over an
+# 0 (not a power of two), -v 3, -t xfs, -v 1 over 2 TiB, into a missing directory, over an
 # existing image, beside an existing DiskDescriptor.xml; import of a missing / empty / directory
 # raw, with -b 100, over an existing image; export to an existing file (which stays untouched) or
 # into a missing directory; unknown subcommand or option, missing arguments.
@@ -23,7 +23,7 @@ expect_error "init blocksize 100" init -s 64M -b 100 a.hds
 expect_error "init blocksize 0" init -s 64M -b 0 a.hds
 expect_error "init blocksize 8 (4 KiB)" init -s 64M -b 8 a.hds
 expect_error "init version 3" init -s 64M -v 3 a.hds
-expect_error "init fstype ext4" init -s 64M -t ext4 a.hds
+expect_error "init fstype xfs" init -s 64M -t xfs a.hds
 expect_error "init v1 of 2 TiB" init -v 1 -s 2T a.hds
 expect_error "init in a missing directory" init -s 64M no/such/dir/a.hds
 expect_error "init over an existing image" init -s 64M good/img.hds

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Refused mount operations fail cleanly and leave nothing behind: mount of a missing descriptor,
+# onto a regular file, onto a missing directory, of a disk with no file system, with an unknown
+# --device; mounting a mounted disk again (to another directory, to the same one, without -m:
+# refused with exit 17 while the first mount keeps working: same daemon, data readable and
+# writable); umount of a busy file system (refused, still mounted); umount of something not mounted
+# (exit 40); `init -t ext4` with a bad size. Each prints exactly one `ploop: ` line on stderr and
+# nothing on stdout, exits non-zero below 128, and (where no file system is live) changes no file
+# (lib.sh expect_error). The mount state lives in a private PLOOP_RUN_DIR so that at the end
+# `ploop list` is exactly empty; no loop device, mount or daemon is left, and `check` is clean.
+# Needs root, /dev/fuse and loop devices.
+source "$(dirname "$0")/lib.sh"
+
+export PLOOP_RUN_DIR=$WORK/run
+[ "$(id -u)" = 0 ] || skip "needs root (mount, loop devices)"
+[ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] || skip "/dev/fuse is missing or not usable"
+[ -e /dev/loop-control ] || skip "no loop devices (/dev/loop-control missing)"
+need_tool losetup mountpoint python3
+PY=python3   # a system python starts faster than a version manager's shim
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+
+# --- mounted disks of this test -------------------------------------------------------------
+# entry DD : this DD's object in `ploop list --json` (empty if none)
+entry() {
+    local out rc=0
+    out=$("$PLOOP" list --json 2>&1) || rc=$?
+    [ "$rc" -eq 0 ] || { soft_fail "ploop list --json exited $rc: $out"; return 0; }
+    printf '%s' "$out" | "$PY" -c '
+import json, os, sys
+want = os.path.realpath(sys.argv[1])
+text = sys.stdin.read()
+try:
+    entries = json.loads(text)
+except ValueError:
+    sys.exit("ploop list --json printed no JSON: " + text[:300])
+for e in entries:
+    if e["dd"] == want:
+        print(json.dumps(e))' "$1" || soft_fail "ploop list --json is unreadable"
+}
+# field DD KEY : one field of this DD's `ploop list --json` entry
+field() { entry "$1" | "$PY" -c 'import json,sys; t=sys.stdin.read().strip(); print(json.loads(t)[sys.argv[1]] if t else "")' "$2"; }
+
+# What this test mounted, for the cleanup (which must work even if $PLOOP does not): the state
+# directories and daemon PIDs, taken from what `ploop mount` printed:
+#   DD: device /dev/loopN (fuse, direct I/O), mounted at DIR, daemon PID N, log /run/ploop/ID/daemon.log
+STATE_DIRS=() PIDS=() DDS=()
+remember() { # DD MOUNT_STDOUT_FILE
+    local line pid log
+    DDS+=("$1")
+    line=$(head -1 "$2")
+    pid=$(sed -n 's/.*, daemon PID \([0-9][0-9]*\), log .*/\1/p' <<<"$line")
+    log=$(sed -n 's/.*, daemon PID [0-9]*, log \(.*\)$/\1/p' <<<"$line")
+    [ -n "$pid" ] && PIDS+=("$pid")
+    [ -n "$log" ] && STATE_DIRS+=("$(dirname "$log")")
+    return 0
+}
+# loops_of STATE_DIR : loop devices whose backing file is under STATE_DIR
+loops_of() { losetup -a 2>/dev/null | grep -F "($1/" | cut -d: -f1 || true; }
+mount_cleanup() {
+    set +e
+    local d m p s l
+    # the normal way first, while every loop device named in the state is still ours
+    for d in "${DDS[@]}"; do
+        [ -e "$d" ] && timeout 60 "$PLOOP" umount "$d" >/dev/null 2>&1
+    done
+    # then by force, in order: the file systems mounted under the scratch directory (noting their
+    # loop devices), the loop devices over our FUSE files (while their paths still resolve), the
+    # FUSE exports, our daemons
+    local loops=()
+    while read -r src mp fstype; do
+        case "$fstype" in fuse*) continue ;; esac
+        case "$src" in /dev/loop*) loops+=("$src") ;; esac
+        umount "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null
+    done < <(awk -v w="$WORK/" 'index($2, w) == 1 { print $1, $2, $3 }' /proc/mounts | sort -r -k2)
+    # shellcheck disable=SC2207  # device names: no spaces
+    loops+=($(loops_of "$WORK"))
+    # shellcheck disable=SC2207
+    for s in "${STATE_DIRS[@]}"; do loops+=($(loops_of "$s")); done
+    for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null; done
+    for m in $(awk -v w="$WORK/" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null
+    done
+    for s in "${STATE_DIRS[@]}"; do
+        mountpoint -q "$s/fuse" 2>/dev/null && umount -l "$s/fuse" 2>/dev/null
+    done
+    for p in "${PIDS[@]}"; do
+        kill -0 "$p" 2>/dev/null && grep -q ploop "/proc/$p/comm" 2>/dev/null && kill -KILL "$p" 2>/dev/null
+    done
+    # our state directories (logs included), unless something is still mounted there
+    for s in "${STATE_DIRS[@]}"; do
+        case "$s" in "${PLOOP_RUN_DIR:-/run/ploop}"/[0-9a-f]*) ;; *) continue ;; esac
+        grep -qF " $s/" /proc/mounts || rm -rf "$s"
+    done
+    cleanup
+}
+trap mount_cleanup EXIT
+
+# mount_ok DD DIR [mount options] : ploop mount -m DIR DD, which must succeed; remembers it
+mount_ok() {
+    local dd=$1 dir=$2; shift 2
+    ploop_ok mount "$@" -m "$dir" "$dd" >"$WORK/mount.out"
+    remember "$dd" "$WORK/mount.out"
+    mountpoint -q "$dir" || fail "ploop mount -m $dir said yes but nothing is mounted there"
+}
+# nothing_left DESC DD DIR [STATE_DIR [PID]] : no list entry, no mount at DIR, no loop device on
+# and no FUSE mount of the state directory, the daemon gone
+nothing_left() {
+    local desc=$1 dd=$2 dir=$3 s=${4:-} pid=${5:-}
+    [ -z "$(entry "$dd")" ] || soft_fail "$desc: ploop list still shows $dd: $(entry "$dd")"
+    [ -z "$dir" ] || ! mountpoint -q "$dir" || soft_fail "$desc: something is still mounted at $dir"
+    if [ -n "$s" ]; then
+        [ -z "$(loops_of "$s")" ] || soft_fail "$desc: loop device(s) still on $s: $(loops_of "$s" | tr '\n' ' ')"
+        ! grep -qF " $s/fuse " /proc/mounts || soft_fail "$desc: the FUSE export $s/fuse is still mounted"
+    fi
+    [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null || soft_fail "$desc: the daemon (PID $pid) is still running"
+}
+
+# expect_refused DESC WANT_RC ploop-args... : like expect_error without the file comparison (for
+# commands run while a file system is mounted and live)
+expect_refused() {
+    local desc=$1 want=$2 rc=0; shift 2
+    "$PLOOP" "$@" >"$WORK/r.out" 2>"$WORK/r.err" || rc=$?
+    say "$desc: ploop $* -> exit $rc, stderr: $(tr '\n' '|' <"$WORK/r.err")"
+    [ "$rc" -lt 128 ] || soft_fail "$desc: ploop $* crashed (exit $rc)"
+    [ "$rc" -ne 0 ] || soft_fail "$desc: ploop $* succeeded"
+    [ "$want" = any ] || [ "$rc" -eq "$want" ] || soft_fail "$desc: ploop $* exited $rc, expected $want"
+    [ "$(wc -l <"$WORK/r.err")" -eq 1 ] && head -1 "$WORK/r.err" | grep -q '^ploop: ' ||
+        soft_fail "$desc: expected one 'ploop: ' line on stderr, got: $(head -c 400 "$WORK/r.err")"
+    [ ! -s "$WORK/r.out" ] || soft_fail "$desc: printed on stdout: $(head -c 200 "$WORK/r.out")"
+}
+# the mounts, loop devices and FUSE exports that refer to this test's directory
+leftovers() {
+    grep -F "$WORK" /proc/mounts || true
+    losetup -a | grep -F "$WORK" || true
+}
+
+mkdir run t
+cd t || exit 1
+mkdir disk nofs mnt mnt2 empty
+touch file
+ploop_ok init -s 256M -t ext4 disk/img.hds >/dev/null
+ploop_ok init -s 64M nofs/img.hds >/dev/null
+DD=$WORK/t/disk/DiskDescriptor.xml
+NOFS=$WORK/t/nofs/DiskDescriptor.xml
+DDS+=("$DD" "$NOFS")
+
+say "refused mounts"
+expect_error "missing descriptor" mount -m mnt missing/DiskDescriptor.xml
+expect_error "mount onto a regular file" mount -m file "$DD"
+expect_error "mount onto a missing directory" mount -m no-such-dir "$DD"
+expect_error "disk with no file system" mount -m mnt "$NOFS"
+expect_error "unknown --device" mount --device bogus -m mnt "$DD"
+[ -z "$(leftovers)" ] || soft_fail "refused mounts left: $(leftovers | tr '\n' '|')"
+[ -z "$("$PLOOP" list)" ] || soft_fail "ploop list after refused mounts: $("$PLOOP" list)"
+ploop_ok check "$NOFS" >/dev/null
+
+say "the same disk twice"
+mount_ok "$DD" mnt
+pid=$(field "$DD" pid)
+state=$(dirname "$(field "$DD" log)")
+echo "first mount" >mnt/hello.txt
+sync
+expect_refused "second mount elsewhere" 17 mount -m mnt2 "$DD"
+expect_refused "second mount on the same directory" 17 mount -m mnt "$DD"
+expect_refused "second mount without -m" 17 mount "$DD"
+expect_refused "another disk onto the busy directory" 17 mount -m mnt "$NOFS"
+! mountpoint -q mnt2 || soft_fail "something got mounted on mnt2"
+[ "$(field "$DD" pid)" = "$pid" ] && [ "$(field "$DD" alive)" = True ] ||
+    soft_fail "the first mount's daemon changed or died: $(entry "$DD")"
+[ "$("$PLOOP" list --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ] ||
+    soft_fail "ploop list shows not exactly one mount: $("$PLOOP" list)"
+[ "$(cat mnt/hello.txt 2>&1)" = "first mount" ] || soft_fail "the first mount no longer reads its file"
+head -c $((4 << 20)) /dev/urandom >mnt/after.bin && sync || soft_fail "the first mount no longer takes writes"
+sum=$(sha mnt/after.bin)
+
+say "umount of a busy file system"
+( cd mnt && exec sleep 60 ) &
+holder=$!
+sleep 0.2
+expect_refused "umount while busy" any umount -m mnt
+mountpoint -q mnt || soft_fail "the busy file system was unmounted anyway"
+[ "$(field "$DD" alive)" = True ] || soft_fail "after a refused umount the daemon is gone: $(entry "$DD")"
+[ "$(sha mnt/after.bin 2>/dev/null)" = "$sum" ] || soft_fail "after a refused umount the data does not read back"
+kill "$holder" 2>/dev/null || true
+wait "$holder" 2>/dev/null || true
+ploop_ok umount -m mnt >/dev/null
+nothing_left "after umount" "$DD" "$WORK/t/mnt" "$state" "$pid"
+
+say "umount of what is not mounted"
+ploop_expect 40 umount -m empty >/dev/null 2>&1
+ploop_expect 40 umount "$DD" >/dev/null 2>&1
+expect_error "umount -m of a directory not mounted" umount -m empty
+expect_error "umount of a disk not mounted" umount "$DD"
+expect_error "umount -m of a missing directory" umount -m no-such-dir
+
+say "init -t ext4 with a bad size"
+for size in 0 abc -5 10X 99999999999999999999; do
+    expect_error "init -t ext4 -s $size" init -s "$size" -t ext4 new/img.hds
+    expect_error "init -t ext4 -s $size (existing dir)" init -s "$size" -t ext4 empty/img.hds
+done
+
+say "nothing left"
+[ -z "$("$PLOOP" list)" ] || soft_fail "ploop list is not empty at the end: $("$PLOOP" list)"
+[ "$("$PLOOP" list --json | tr -d ' \n')" = "[]" ] || soft_fail "ploop list --json is not [] at the end"
+[ -z "$(leftovers)" ] || soft_fail "left at the end: $(leftovers | tr '\n' '|')"
+left=$(find "$PLOOP_RUN_DIR" -mindepth 2 ! -name daemon.log)
+[ -z "$left" ] || soft_fail "state files left in $PLOOP_RUN_DIR: $left"
+! kill -0 "$pid" 2>/dev/null || soft_fail "the daemon (PID $pid) is still running"
+ploop_ok check "$DD" >/dev/null
+ploop_ok check "$NOFS" >/dev/null
+finish
