@@ -7,8 +7,8 @@ PACKAGES=(
   build-essential cmake pkg-config
   liburing-dev libxxhash-dev libblkid-dev libext2fs-dev uuid-dev
   libgtest-dev libgmock-dev libcli11-dev libpugixml-dev nlohmann-json3-dev libfmt-dev libfuse3-dev
-  fuse3 e2fsprogs util-linux
-  qemu-utils libnbd-bin nbdkit fio ploop
+  fuse3 e2fsprogs util-linux iproute2 python3
+  qemu-utils libnbd-bin nbdkit fio ploop jq
 )
 
 missing=()
