@@ -112,11 +112,12 @@ nothing_left() {
     [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null || soft_fail "$desc: the daemon (PID $pid) is still running"
 }
 
-# attach_ok DD : `ploop mount DD` (device only), which must succeed; remembers it; prints the device
+# attach_ok DD : `ploop mount DD` (device only), which must succeed; remembers it (not in a
+# subshell: the cleanup needs what remember records) and sets DEV to its device
 attach_ok() {
     ploop_ok mount "$1" >"$WORK/mount.out"
     remember "$1" "$WORK/mount.out"
-    sed -n 's/.*: device \(\/dev\/loop[0-9]*\) .*/\1/p' "$WORK/mount.out"
+    DEV=$(sed -n 's/.*: device \(\/dev\/loop[0-9]*\) .*/\1/p' "$WORK/mount.out")
 }
 backing() { losetup -nO BACK-FILE "$1" 2>/dev/null || true; }
 
@@ -127,7 +128,8 @@ A=$WORK/A/DiskDescriptor.xml
 B=$WORK/B/DiskDescriptor.xml
 
 say "attach A, kill its daemon, detach its stale loop device by hand"
-devA=$(attach_ok "$A")
+attach_ok "$A"
+devA=$DEV
 pidA=$(field "$A" pid)
 [ -n "$devA" ] && [ -n "$pidA" ] || fail "no device or PID for A: $(cat mount.out)"
 kill -KILL "$pidA"
@@ -138,7 +140,8 @@ losetup -d "$devA" || fail "losetup -d $devA failed"
 DDS=("${DDS[@]/#$A}")
 
 say "attach B: it should get $devA again"
-devB=$(attach_ok "$B")
+attach_ok "$B"
+devB=$DEV
 stateB=$(dirname "$(field "$B" log)")
 if [ "$devB" != "$devA" ]; then
     # another process took $devA meanwhile: the scenario cannot be set up this time
