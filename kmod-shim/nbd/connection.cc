@@ -49,8 +49,9 @@ uint32_t wire_errno(const std::exception_ptr& e) {
 
 }  // namespace
 
-Connection::Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats)
-    : fd_(fd), stack_(stack), opts_(opts), pool_(pool), stats_(stats) {
+Connection::Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
+                       MemoryBudget& budget)
+    : fd_(fd), stack_(stack), opts_(opts), pool_(pool), stats_(stats), budget_(budget) {
   if (stack_.writable() == false) opts_.read_only = true;
 }
 
@@ -305,19 +306,29 @@ void Connection::transmission() {
     uint64_t cookie = be::load64(h + 8), offset = be::load64(h + 16);
     uint32_t len = be::load32(h + 24);
     std::vector<uint8_t> payload;
+    // Memory this request will hold: its write data, or its read buffer (bounded by max_payload).
+    uint64_t cost = (type == kCmdWrite || type == kCmdRead) ? std::min(len, opts_.max_payload) : 0;
+    if (type == kCmdWrite && len > opts_.max_payload) return;  // cannot be skipped safely without reading it all
+    budget_.take(cost);
     if (type == kCmdWrite) {
-      if (len > opts_.max_payload) return;  // cannot be skipped safely without reading it all
       payload.resize(len);
-      if (len && !read_exact(fd_, payload.data(), len)) return;
+      if (len && !read_exact(fd_, payload.data(), len)) {
+        budget_.give(cost);
+        return;
+      }
     }
-    if (type == kCmdDisc) return;
+    if (type == kCmdDisc) {
+      budget_.give(cost);
+      return;
+    }
     {
       std::unique_lock lk(flight_mu_);
       flight_cv_.wait(lk, [&] { return in_flight_ < opts_.max_in_flight; });
       ++in_flight_;
     }
-    pool_.submit([this, type, flags, cookie, offset, len, p = std::move(payload)]() mutable {
+    pool_.submit([this, type, flags, cookie, offset, len, cost, p = std::move(payload)]() mutable {
       execute(type, flags, cookie, offset, len, std::move(p));
+      budget_.give(cost);
       std::lock_guard lk(flight_mu_);
       --in_flight_;
       flight_cv_.notify_all();

@@ -27,6 +27,31 @@ struct ExportOptions {
   unsigned max_in_flight = 8;
 };
 
+// Bytes of request payload (write data, read buffers) that all connections of a server may hold
+// at once; a connection waits for room before it reads or allocates more, so no mix of clients
+// can make the server allocate without bound.
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(uint64_t bytes) : left_(bytes) {}
+  void take(uint64_t n) {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [&] { return left_ >= n; });
+    left_ -= n;
+  }
+  void give(uint64_t n) {
+    {
+      std::lock_guard lk(mu_);
+      left_ += n;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t left_;
+};
+
 struct Stats {
   std::atomic<uint64_t> reads{0}, writes{0}, flushes{0}, trims{0}, zeroes{0}, block_status{0}, errors{0};
   std::atomic<uint64_t> bytes_read{0}, bytes_written{0};
@@ -35,7 +60,8 @@ struct Stats {
 class Connection {
  public:
   // Takes ownership of `fd` (a connected stream socket).
-  Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats);
+  Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
+             MemoryBudget& budget);
   ~Connection();
   // Runs the handshake and then serves requests until the client disconnects, breaks the
   // protocol, or shutdown() is called. Returns when every request in flight has been answered.
@@ -63,6 +89,7 @@ class Connection {
   ExportOptions opts_;
   shim::WorkerPool& pool_;
   Stats& stats_;
+  MemoryBudget& budget_;
   bool structured_ = false;
   bool base_allocation_ = false;  // meta context selected (id 1)
   std::mutex send_mu_;

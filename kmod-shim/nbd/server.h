@@ -22,6 +22,7 @@ struct ServerOptions {
   ExportOptions exp;
   unsigned max_connections = 64;
   unsigned workers = 16;
+  uint64_t memory_budget = 1ull << 30;  // payload bytes held by all connections at once
 };
 
 class Server {
@@ -44,6 +45,7 @@ class Server {
   ploop::Stack& stack_;
   ServerOptions opts_;
   Stats stats_;
+  MemoryBudget budget_;
   shim::WorkerPool pool_;
   int listen_fd_ = -1;
   uint16_t port_ = 0;
