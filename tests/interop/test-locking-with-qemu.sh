@@ -59,6 +59,15 @@ if kill -0 "$IPID" 2>/dev/null; then
 else
     say "note: import finished before qemu-io tried; this part is inconclusive"
 fi
-wait "$IPID" || soft_fail "ploop import exited $? (or was disturbed by qemu): $(cat imp.out)"
+irc=0
+wait "$IPID" || irc=$?
+if [ "$irc" -eq 37 ] && grep -q 'image is in use by PID' imp.out; then
+    # qemu-io opened the new file in the instant before import locked it: import must then refuse
+    # (the lock working the other way) and leave nothing half-made behind.
+    say "note: qemu-io got the new image first; import refused it: $(cat imp.out)"
+    [ ! -e imp/img.hds ] || soft_fail "the refused import left imp/img.hds behind"
+elif [ "$irc" -ne 0 ]; then
+    soft_fail "ploop import exited $irc: $(cat imp.out)"
+fi
 rm -f big.raw
 finish
