@@ -181,21 +181,13 @@ class PosixFile final : public File {
   int fd() const override { return fd_; }
 
   void lock_image_shared() override {
-    struct flock fl {};
-    fl.l_type = F_RDLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = kLockStart;
-    fl.l_len = kLockLen;
+    struct flock fl = lock_bytes(F_RDLCK);
     if (::fcntl(fd_, F_OFD_SETLK, &fl) < 0) throw_errno(Exit::kLock, errno, "cannot lock", path());
   }
 
   std::string lock_image() override {
     if (std::string h = holder(); !h.empty()) return h;
-    struct flock fl {};
-    fl.l_type = F_RDLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = kLockStart;
-    fl.l_len = kLockLen;
+    struct flock fl = lock_bytes(F_RDLCK);
     if (::fcntl(fd_, F_OFD_SETLK, &fl) < 0) {
       if (errno == EAGAIN || errno == EACCES) return holder_or("another process");
       throw_errno(Exit::kLock, errno, "cannot lock", path());
@@ -212,13 +204,18 @@ class PosixFile final : public File {
  private:
   static constexpr off_t kLockStart = 200, kLockLen = 5;
 
-  // Who holds any lock on the lock bytes, other than this open file; "" if nobody.
-  std::string holder() {
+  static struct flock lock_bytes(short type) {
     struct flock fl {};
-    fl.l_type = F_WRLCK;
+    fl.l_type = type;
     fl.l_whence = SEEK_SET;
     fl.l_start = kLockStart;
     fl.l_len = kLockLen;
+    return fl;
+  }
+
+  // Who holds any lock on the lock bytes, other than this open file; "" if nobody.
+  std::string holder() {
+    struct flock fl = lock_bytes(F_WRLCK);
     if (::fcntl(fd_, F_OFD_GETLK, &fl) < 0) throw_errno(Exit::kLock, errno, "cannot test lock", path());
     if (fl.l_type == F_UNLCK) return {};
     if (fl.l_pid > 0) return "PID " + std::to_string(fl.l_pid);
