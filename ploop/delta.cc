@@ -13,6 +13,13 @@ namespace {
 
 constexpr size_t kPage = 4096;
 
+// Bytes of the first cluster(s) a delta keeps in memory: the header and the BAT, in whole pages,
+// never past the start of the data (a cluster can be smaller than a page).
+size_t meta_bytes(const Header& h) {
+  uint64_t used = kHeaderSize + 4 * uint64_t{h.bat_entries};
+  return static_cast<size_t>(std::min<uint64_t>((used + kPage - 1) / kPage * kPage, h.data_offset_bytes()));
+}
+
 }  // namespace
 
 Delta::Delta(std::unique_ptr<File> file, bool writable) : file_(std::move(file)), writable_(writable) {}
@@ -20,17 +27,18 @@ Delta::Delta(std::unique_ptr<File> file, bool writable) : file_(std::move(file))
 Delta::~Delta() = default;
 
 void Delta::create_closed(Storage& storage, const std::string& path, uint64_t size_bytes, uint32_t cluster_sectors,
-                          int version) {
+                          int version, bool sync_dir) {
   Header h = make_header(size_bytes, cluster_sectors, version);
   auto file = storage.create(path);
-  std::vector<uint8_t> meta(h.data_offset_bytes(), 0);
-  encode_header(h, std::span<uint8_t, kHeaderSize>(meta.data(), kHeaderSize));
-  for (uint64_t off = 0; off < meta.size(); off += 1 << 20) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(meta.size() - off, 1 << 20));
-    file->write(meta.data() + off, n, off);
-  }
+  // The header page, then the rest of the BAT allocated as zeros (an empty BAT) without writing
+  // them, so the cost hardly grows with the disk size. Allocated, not a hole: OpenVZ ploop
+  // refuses sparse header regions.
+  AlignedBytes page(std::min<uint64_t>(kPage, h.data_offset_bytes()));
+  encode_header(h, std::span<uint8_t, kHeaderSize>(page.data(), kHeaderSize));
+  file->write(page.data(), page.size(), 0);
+  if (h.data_offset_bytes() > page.size()) file->preallocate(page.size(), h.data_offset_bytes() - page.size());
   file->sync();
-  storage.sync_dir(dir_of(path));
+  if (sync_dir) storage.sync_dir(dir_of(path));
 }
 
 std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, uint64_t size_bytes,
@@ -57,7 +65,7 @@ void Delta::load(bool allow_dirty, bool lock) {
   file_->read(hb, kHeaderSize, 0);
   h_ = decode_header(std::span<const uint8_t, kHeaderSize>(hb, kHeaderSize), file_size, name);
 
-  meta_.assign(h_.data_offset_bytes(), 0);
+  meta_.assign(meta_bytes(h_), 0);
   file_->read(meta_.data(), meta_.size(), 0);
   dirty_pages_.assign((meta_.size() + kPage - 1) / kPage, false);
 
@@ -151,6 +159,12 @@ std::vector<uint32_t> Delta::clusters() const {
   return out;
 }
 
+std::vector<uint8_t> Delta::bat_bytes() const {
+  std::lock_guard lk(mu_);
+  auto first = meta_.begin() + kHeaderSize;
+  return std::vector<uint8_t>(first, first + 4 * static_cast<ptrdiff_t>(h_.bat_entries));
+}
+
 uint64_t Delta::mapped_clusters() const {
   std::lock_guard lk(mu_);
   return mapped_;
@@ -220,7 +234,7 @@ void Delta::unmap(uint32_t vc) {
 void Delta::flush() {
   if (!writable_) return;
   std::lock_guard flk(flush_mu_);
-  std::vector<std::pair<size_t, std::vector<uint8_t>>> pages;
+  std::vector<std::pair<size_t, AlignedBytes>> pages;
   std::vector<uint32_t> released;
   {
     // Snapshot first: every entry in it was mapped after its data write completed, so the
@@ -229,8 +243,8 @@ void Delta::flush() {
     for (size_t p = 0; p < dirty_pages_.size(); ++p) {
       if (!dirty_pages_[p]) continue;
       size_t n = std::min(kPage, meta_.size() - p * kPage);
-      pages.emplace_back(p, std::vector<uint8_t>(meta_.begin() + static_cast<ptrdiff_t>(p * kPage),
-                                                 meta_.begin() + static_cast<ptrdiff_t>(p * kPage + n)));
+      pages.emplace_back(p, AlignedBytes(meta_.begin() + static_cast<ptrdiff_t>(p * kPage),
+                                         meta_.begin() + static_cast<ptrdiff_t>(p * kPage + n)));
       dirty_pages_[p] = false;
     }
     released.swap(pending_free_);
@@ -258,7 +272,7 @@ void Delta::flush() {
 
 void Delta::move_cluster(uint32_t from, uint32_t to, uint32_t vc) {
   const uint64_t cs = cluster_bytes();
-  std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
+  AlignedBytes buf(std::min<uint64_t>(cs, 1 << 20));
   for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
     file_->read(buf.data(), buf.size(), from * cs + pos);
     file_->write(buf.data(), buf.size(), to * cs + pos);
@@ -308,7 +322,7 @@ void Delta::resize(uint64_t new_size_bytes) {
       uint32_t to = allocate();
       move_cluster(c, to, vc);
     }
-    std::vector<uint8_t> zero(std::min<uint64_t>(cs, 1 << 20), 0);
+    AlignedBytes zero(std::min<uint64_t>(cs, 1 << 20), 0);
     for (uint64_t off = uint64_t{old_start} * cs; off < uint64_t{new_start} * cs; off += zero.size()) {
       file_->write(zero.data(), zero.size(), off);
     }
@@ -320,12 +334,12 @@ void Delta::resize(uint64_t new_size_bytes) {
   if (mapped_ == 0) nh.flags |= kFlagEmpty;
   nh.first_block_sectors = std::max(nh.first_block_sectors, h_.first_block_sectors);
   h_ = nh;
-  meta_.resize(h_.data_offset_bytes(), 0);
+  meta_.resize(meta_bytes(h_), 0);
   // Entries past the new end are zero (checked above for shrink; new for grow).
   for (size_t off = kHeaderSize + 4 * size_t{h_.bat_entries}; off < meta_.size(); off += 4) le::store32(&meta_[off], 0);
   store_header_locked();
   // Write every BAT page, header page last: the header commits the new size.
-  for (size_t p = meta_.size() / kPage; p-- > 1;) write_page(p, meta_.data() + p * kPage);
+  for (size_t p = (meta_.size() + kPage - 1) / kPage; p-- > 1;) write_page(p, meta_.data() + p * kPage);
   file_->sync();
   write_page(0, meta_.data());
   file_->sync();

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "ploop/aligned_bytes.h"
 #include "ploop/file.h"
 #include "ploop/format.h"
 
@@ -32,10 +33,12 @@ class Delta {
   // Creates a new empty delta file (it must not exist) and syncs it.
   static std::unique_ptr<Delta> create(Storage& storage, const std::string& path, uint64_t size_bytes,
                                        uint32_t cluster_sectors, int version = 2);
-  // Writes a new empty delta, cleanly closed, with one sync (and the directory's). The fast path
-  // for snapshots and new disks, which do not write to the new delta right away.
+  // Writes a new empty delta, cleanly closed, with one sync (and the directory's unless
+  // `sync_dir` is false: then the caller syncs the directory before anything names the file). The
+  // BAT is preallocated as zeros, not written, so the cost hardly grows with the disk size. The fast path for
+  // snapshots and new disks, which do not write to the new delta right away.
   static void create_closed(Storage& storage, const std::string& path, uint64_t size_bytes, uint32_t cluster_sectors,
-                            int version = 2);
+                            int version = 2, bool sync_dir = true);
   // Opens an existing delta. Read-write opens take the image lock (unless the caller already
   // holds the chain's lock: `lock` false), refuse an image whose in-use flag is set unless
   // `allow_dirty`, and refuse BAT entries that share a cluster.
@@ -57,6 +60,8 @@ class Delta {
   uint64_t mapped_clusters() const;
   // The whole map at once (one lock instead of one per entry): element vc is cluster_of(vc).
   std::vector<uint32_t> clusters() const;
+  // The BAT entries exactly as stored on disk (4 bytes each, little-endian).
+  std::vector<uint8_t> bat_bytes() const;
 
   // --- read-write deltas only ---
   // Reserves a free file cluster. The caller writes it in full, then calls map() or abandon().
@@ -90,7 +95,7 @@ class Delta {
   Header h_;
 
   mutable std::mutex mu_;            // guards everything below
-  std::vector<uint8_t> meta_;        // header + BAT clusters, as on disk
+  AlignedBytes meta_;                // header + BAT, whole pages, as on disk
   std::vector<bool> dirty_pages_;    // 4 KiB pages of meta_ not yet written
   std::vector<bool> used_;           // per file cluster: referenced by the BAT or reserved
   std::set<uint32_t> free_;          // reusable clusters below tail_, lowest first

@@ -26,6 +26,12 @@ class File {
   virtual void truncate(uint64_t size) = 0;
   // Deallocates [offset, offset+len): reads return zeros afterwards; size is unchanged.
   virtual void punch_hole(uint64_t offset, uint64_t len) = 0;
+  // Allocates [offset, offset+len) as zeros (extending the file if needed) without writing them
+  // where the file system can (fallocate); the default writes zeros.
+  virtual void preallocate(uint64_t offset, uint64_t len);
+  // Copies `len` bytes of `src` at `src_offset` to this file at `offset`. The default reads and
+  // writes through a buffer; a kernel file copies in the kernel (copy_file_range) where it can.
+  virtual void copy_from(File& src, uint64_t src_offset, uint64_t len, uint64_t offset);
   // The kernel file descriptor for asynchronous I/O engines, or -1 if there is none (in-memory
   // test files): engines then fall back to the synchronous calls above.
   virtual int fd() const { return -1; }

@@ -12,31 +12,54 @@ namespace ploop {
 namespace {
 
 // Copies every cluster `child` maps into `parent`, in place where the parent maps it, else in a
-// cluster the parent allocates (free clusters first). Flushes and closes the parent cleanly.
+// cluster the parent allocates (free clusters first). Runs of clusters that are consecutive in
+// both files go in one copy (in the kernel where the files allow). Flushes and closes the parent
+// cleanly: its data is durable before any new BAT entry is written.
 void copy_down(Delta& child, Delta& parent, const Progress& progress) {
   if (child.size_bytes() > parent.size_bytes()) parent.resize(child.size_bytes());
   const uint64_t cs = child.cluster_bytes();
-  std::vector<uint8_t> buf(std::min<uint64_t>(cs, 4 << 20));
+  const uint64_t max_run = std::max<uint64_t>(1, (64u << 20) / cs);
+  const std::vector<uint32_t> from_map = child.clusters();
   const uint64_t total = child.mapped_clusters();
   uint64_t done = 0;
-  for (uint32_t vc = 0; vc < child.bat_entries(); ++vc) {
-    uint32_t from = child.cluster_of(vc);
-    if (!from) continue;
+  struct Piece {
+    uint32_t vc, to;
+    bool fresh;
+  };
+  std::vector<Piece> run;
+  auto copy_run = [&] {
+    if (run.empty()) return;
+    try {
+      parent.file().copy_from(child.file(), uint64_t{from_map[run[0].vc]} * cs, run.size() * cs, uint64_t{run[0].to} * cs);
+    } catch (...) {
+      for (const Piece& p : run) {
+        if (p.fresh) parent.abandon(p.to);
+      }
+      throw;
+    }
+    for (const Piece& p : run) {
+      if (p.fresh) parent.map(p.vc, p.to);
+    }
+    done += run.size();
+    run.clear();
+    if (progress) progress(done, total);
+  };
+  for (uint32_t vc = 0; vc < from_map.size(); ++vc) {
+    if (!from_map[vc]) continue;
     uint32_t to = parent.cluster_of(vc);
     bool fresh = to == 0;
     if (fresh) to = parent.allocate();
-    try {
-      for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
-        child.file().read(buf.data(), buf.size(), from * cs + pos);
-        parent.file().write(buf.data(), buf.size(), to * cs + pos);
+    if (!run.empty() && (run.size() >= max_run || from_map[vc] != from_map[run.back().vc] + 1 || to != run.back().to + 1)) {
+      try {
+        copy_run();
+      } catch (...) {
+        if (fresh) parent.abandon(to);
+        throw;
       }
-    } catch (...) {
-      if (fresh) parent.abandon(to);
-      throw;
     }
-    if (fresh) parent.map(vc, to);
-    if (progress) progress(++done, total);
+    run.push_back({vc, to, fresh});
   }
+  copy_run();
   parent.close();  // flush: data, then BAT; truncate the unused tail; clear the in-use flag
 }
 

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -180,6 +181,34 @@ class PosixFile final : public File {
 
   int fd() const override { return fd_; }
 
+  void preallocate(uint64_t off, uint64_t len) override {
+    if (::fallocate(fd_, 0, static_cast<off_t>(off), static_cast<off_t>(len)) == 0) return;
+    if (errno != EOPNOTSUPP) throw_errno(Exit::kWrite, errno, "fallocate failed", path(), static_cast<int64_t>(off));
+    File::preallocate(off, len);
+  }
+
+  void copy_from(File& src, uint64_t src_off, uint64_t len, uint64_t off) override {
+    // In the kernel when both are plain (buffered) kernel files: no copy through user space, and
+    // a metadata-only copy on file systems that share extents. Direct I/O files, other kinds of
+    // files and kernels or file systems that refuse take the buffered path.
+    if (direct_ || src.fd() < 0 || no_copy_range_) return File::copy_from(src, src_off, len, off);
+    loff_t in = static_cast<loff_t>(src_off), out = static_cast<loff_t>(off);
+    uint64_t done = 0;
+    while (done < len) {
+      ssize_t n = ::copy_file_range(src.fd(), &in, fd_, &out, len - done, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && done == 0 && (errno == EINVAL || errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS)) {
+        no_copy_range_ = true;
+        return File::copy_from(src, src_off, len, off);
+      }
+      if (n < 0) throw_errno(Exit::kWrite, errno, "copy from " + src.path() + " failed", path(), static_cast<int64_t>(off + done));
+      if (n == 0) {  // the source ended: the rest reads as zeros
+        return File::copy_from(src, src_off + done, len - done, off + done);
+      }
+      done += static_cast<uint64_t>(n);
+    }
+  }
+
   void lock_image_shared() override {
     struct flock fl = lock_bytes(F_RDLCK);
     if (::fcntl(fd_, F_OFD_SETLK, &fl) < 0) throw_errno(Exit::kLock, errno, "cannot lock", path());
@@ -257,6 +286,7 @@ class PosixFile final : public File {
   }
 
   int fd_;
+  std::atomic<bool> no_copy_range_{false};
   bool direct_;
   bool uring_;
   std::mutex mu_;

@@ -21,9 +21,8 @@ void put128(uint8_t* p, XXH128_hash_t h) {
 }
 
 // XXH3-128 of the delta's BAT entries as stored on disk.
-XXH128_hash_t bat_hash(Delta& d) {
-  std::vector<uint8_t> bat(4 * size_t{d.bat_entries()});
-  d.file().read(bat.data(), bat.size(), kHeaderSize);
+XXH128_hash_t bat_hash(const Delta& d) {
+  std::vector<uint8_t> bat = d.bat_bytes();
   return XXH3_128bits(bat.data(), bat.size());
 }
 
@@ -64,7 +63,7 @@ Parsed parse(const std::vector<uint8_t>& b, const std::string& name) {
   return p;
 }
 
-void write_atomically(Storage& st, const std::string& path, const std::vector<uint8_t>& bytes) {
+void write_atomically(Storage& st, const std::string& path, const std::vector<uint8_t>& bytes, bool sync_dir = true) {
   std::string tmp = path + ".tmp";
   st.remove(tmp);
   {
@@ -73,7 +72,7 @@ void write_atomically(Storage& st, const std::string& path, const std::vector<ui
     f->sync();
   }
   st.rename(tmp, path);
-  st.sync_dir(dir_of(path));
+  if (sync_dir) st.sync_dir(dir_of(path));
 }
 
 }  // namespace
@@ -104,6 +103,12 @@ void remove_seal(Storage& st, const std::string& delta_path) { st.remove(seal_pa
 
 void seal_delta(Storage& st, const std::string& delta_path, const std::string& parent, const Progress& progress) {
   auto d = Delta::open(st, delta_path, OpenMode::kReadOnly);
+  seal_delta(st, *d, parent, progress, true);
+}
+
+void seal_delta(Storage& st, Delta& delta, const std::string& parent, const Progress& progress, bool sync_dir) {
+  Delta* d = &delta;
+  const std::string& delta_path = d->path();
   const uint64_t cs = d->cluster_bytes(), bpc = cs / kSealBlock;
   const std::vector<uint32_t> map = d->clusters();
   std::vector<uint32_t> vcs;
@@ -119,7 +124,7 @@ void seal_delta(Storage& st, const std::string& delta_path, const std::string& p
   le::store64(&out[40], vcs.size());
   put128(&out[48], bat_hash(*d));
   put128(&out[64], parent_hash(st, parent));
-  std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
+  AlignedBytes buf(vcs.empty() ? 0 : std::min<uint64_t>(cs, 1 << 20));
   uint8_t* sums = &out[kHead + table];
   for (size_t i = 0; i < vcs.size(); ++i) {
     le::store32(&out[kHead + 4 * i], vcs[i]);
@@ -133,7 +138,7 @@ void seal_delta(Storage& st, const std::string& delta_path, const std::string& p
     if (progress) progress(i + 1, vcs.size());
   }
   put128(&out[out.size() - kTrailer], XXH3_128bits(out.data(), out.size() - kTrailer));
-  write_atomically(st, seal_path(delta_path), out);
+  write_atomically(st, seal_path(delta_path), out, sync_dir);
 }
 
 std::unique_ptr<SealVerifier> SealVerifier::load(Storage& st, const std::string& delta_path) {
@@ -180,7 +185,7 @@ SealReport verify_seal(Storage& st, const std::string& delta_path, const std::st
   }
   auto d = Delta::open(st, delta_path, OpenMode::kReadOnly);
   const uint64_t cs = d->cluster_bytes();
-  std::vector<uint8_t> buf(std::min<uint64_t>(cs, 1 << 20));
+  AlignedBytes buf(std::min<uint64_t>(cs, 1 << 20));
   uint64_t done = 0, total = d->mapped_clusters();
   const std::vector<uint32_t> map = d->clusters();
   for (uint32_t vc = 0; vc < map.size(); ++vc) {

@@ -19,6 +19,8 @@
 
 namespace ploop {
 
+class Delta;
+
 inline constexpr uint32_t kSealBlock = 4096;
 
 std::string seal_path(const std::string& delta_path);
@@ -26,6 +28,10 @@ std::string seal_path(const std::string& delta_path);
 // Writes `<delta>.seal` (atomically: temp file, sync, rename). `parent_delta` is "" for a base.
 void seal_delta(Storage& storage, const std::string& delta_path, const std::string& parent_delta,
                 const Progress& progress = {});
+// The same for a delta the caller has open; with `sync_dir` false the caller syncs the directory
+// (the seal's rename) before anything relies on the seal being there.
+void seal_delta(Storage& storage, Delta& delta, const std::string& parent_delta, const Progress& progress,
+                bool sync_dir);
 void remove_seal(Storage& storage, const std::string& delta_path);
 
 // The identity of a delta's seal (XXH3-128 of its seal file; zeros if it has none).

@@ -37,14 +37,21 @@ std::string create_snapshot(Storage& st, const std::string& dd_path, std::string
   if (d.images.size() >= kMaxImages) throw Error(Exit::kParam, dd_path + ": too many snapshots (at most 128 images)");
   const std::string old_top = d.top_guid;
   const std::string old_top_path = s->guid_path(old_top);
-  Header h = clean_header(st, old_top_path);
-  // The old top becomes read-only: seal it (over its parent's seal) before anything refers to it as
-  // a snapshot.
-  const DescriptorShot* top_shot = d.shot(old_top);
-  seal_delta(st, old_top_path, top_shot->parent == kNoGuid ? "" : s->guid_path(top_shot->parent));
-
   std::string file = new_delta_file(*s);
-  Delta::create_closed(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version);
+  {
+    auto top = Delta::open(st, old_top_path, OpenMode::kReadOnly);
+    Header h = top->header();
+    if (h.dirty()) {
+      throw Error(Exit::kInUse, old_top_path + ": image is in use or was not closed cleanly; run 'ploop check -r' on it");
+    }
+    // The old top becomes read-only: seal it (over its parent's seal) before anything refers to it
+    // as a snapshot. One directory sync makes both the seal's rename and the new delta durable
+    // before the descriptor, replaced last, names them.
+    const DescriptorShot* top_shot = d.shot(old_top);
+    seal_delta(st, *top, top_shot->parent == kNoGuid ? "" : s->guid_path(top_shot->parent), {}, false);
+    Delta::create_closed(st, s->path_of(file), h.size_bytes(), h.cluster_sectors, h.version, false);
+    st.sync_dir(dir_of(dd_path));
+  }
   for (auto& im : d.images) {
     if (im.guid == old_top) im.guid = guid;
   }
