@@ -1,4 +1,4 @@
-// Byte vectors whose storage starts on a 4 KiB boundary, so they can be read and written with
+// Byte vectors and buffers whose storage starts on a 4 KiB boundary, so they can be read and written with
 // O_DIRECT as they are (no bounce buffer). Elements are value-initialised (zero) like std::vector.
 #pragma once
 
@@ -22,5 +22,38 @@ struct PageAlignedAllocator {
 };
 
 using AlignedBytes = std::vector<uint8_t, PageAlignedAllocator<uint8_t>>;
+
+}  // namespace ploop
+
+namespace ploop {
+
+// A page-aligned byte buffer whose contents start undefined (no zero-fill): for I/O buffers that
+// are filled right away, such as a request's data. Movable, not copyable.
+class PageBuffer {
+ public:
+  PageBuffer() = default;
+  explicit PageBuffer(size_t n) : p_(n ? static_cast<uint8_t*>(::operator new(n, kAlign)) : nullptr), n_(n) {}
+  PageBuffer(PageBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr, o.n_ = 0; }
+  PageBuffer& operator=(PageBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = o.p_, n_ = o.n_;
+      o.p_ = nullptr, o.n_ = 0;
+    }
+    return *this;
+  }
+  ~PageBuffer() { release(); }
+  uint8_t* data() { return p_; }
+  const uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  static constexpr std::align_val_t kAlign{4096};
+  void release() {
+    if (p_) ::operator delete(p_, kAlign);
+  }
+  uint8_t* p_ = nullptr;
+  size_t n_ = 0;
+};
 
 }  // namespace ploop

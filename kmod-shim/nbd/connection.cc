@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "kmod-shim/nbd/protocol.h"
@@ -50,8 +51,8 @@ uint32_t wire_errno(const std::exception_ptr& e) {
 }  // namespace
 
 Connection::Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
-                       MemoryBudget& budget)
-    : fd_(fd), stack_(stack), opts_(opts), pool_(pool), stats_(stats), budget_(budget) {
+                       MemoryBudget& budget, Phase start)
+    : fd_(fd), stack_(stack), opts_(opts), pool_(pool), stats_(stats), budget_(budget), start_(start) {
   if (stack_.writable() == false) opts_.read_only = true;
 }
 
@@ -282,12 +283,15 @@ bool Connection::handshake() {
 }
 
 void Connection::serve() {
-  // A client gets 30 s per handshake read; idle connections in transmission are fine.
-  timeval tv{30, 0};
-  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  bool ok = handshake();
-  tv = {0, 0};
-  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  bool ok = true;
+  if (start_ == Phase::kHandshake) {
+    // A client gets 30 s per handshake read; idle connections in transmission are fine.
+    timeval tv{30, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ok = handshake();
+    tv = {0, 0};
+    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
   // A client that stops reading its replies must not hold the shared workers: a reply that cannot
   // be sent for 5 s ends the connection.
   timeval stv{5, 0};
@@ -305,13 +309,13 @@ void Connection::transmission() {
     uint16_t flags = be::load16(h + 4), type = be::load16(h + 6);
     uint64_t cookie = be::load64(h + 8), offset = be::load64(h + 16);
     uint32_t len = be::load32(h + 24);
-    std::vector<uint8_t> payload;
+    ploop::PageBuffer payload;
     // Memory this request will hold: its write data, or its read buffer (bounded by max_payload).
     uint64_t cost = (type == kCmdWrite || type == kCmdRead) ? std::min(len, opts_.max_payload) : 0;
     if (type == kCmdWrite && len > opts_.max_payload) return;  // cannot be skipped safely without reading it all
     budget_.take(cost);
     if (type == kCmdWrite) {
-      payload.resize(len);
+      payload = ploop::PageBuffer(len);
       if (len && !read_exact(fd_, payload.data(), len)) {
         budget_.give(cost);
         return;
@@ -326,8 +330,10 @@ void Connection::transmission() {
       flight_cv_.wait(lk, [&] { return in_flight_ < opts_.max_in_flight; });
       ++in_flight_;
     }
-    pool_.submit([this, type, flags, cookie, offset, len, cost, p = std::move(payload)]() mutable {
-      execute(type, flags, cookie, offset, len, std::move(p));
+    // std::function needs a copyable job: the buffer travels in a shared_ptr.
+    auto p = std::make_shared<ploop::PageBuffer>(std::move(payload));
+    pool_.submit([this, type, flags, cookie, offset, len, cost, p] {
+      execute(type, flags, cookie, offset, len, std::move(*p));
       budget_.give(cost);
       std::lock_guard lk(flight_mu_);
       --in_flight_;
@@ -337,7 +343,7 @@ void Connection::transmission() {
 }
 
 void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_t offset, uint32_t len,
-                         std::vector<uint8_t> payload) {
+                         ploop::PageBuffer payload) {
   const uint64_t size = stack_.size();
   const bool in_range = offset <= size && len <= size - offset;
   const uint16_t known = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
@@ -356,7 +362,7 @@ void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_
       case kCmdRead: {
         if (len == 0 || len > opts_.max_payload) return fail(kEInval);
         if (!in_range) return fail(kEInval);
-        std::vector<uint8_t> buf(len);
+        ploop::PageBuffer buf(len);  // aligned: O_DIRECT reads land in it without a bounce
         stack_.read(buf.data(), offset, len);
         ++stats_.reads;
         stats_.bytes_read += len;

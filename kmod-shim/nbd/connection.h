@@ -1,7 +1,8 @@
 // One NBD client connection: the fixed-newstyle handshake, then the transmission phase, served
-// from a delta stack. Everything the client sends is validated before use: magic numbers,
-// option and request lengths (bounded, so a hostile client cannot make the server allocate
-// without limit), offsets against the export size, command flags. A protocol violation that
+// from a delta stack (or the transmission phase alone, for the kernel's client). Everything the
+// client sends is validated before use: magic numbers, option and request lengths (bounded, so a
+// hostile client cannot make the server allocate without limit), offsets against the export size
+// (the stack's size at the time of the request), command flags. A protocol violation that
 // leaves the stream unparseable ends the connection; anything else gets the protocol's error
 // reply. One connection never touches another's state.
 #pragma once
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "kmod-shim/worker_pool.h"
+#include "ploop/aligned_bytes.h"
 #include "ploop/stack.h"
 
 namespace nbd {
@@ -59,12 +61,19 @@ struct Stats {
 
 class Connection {
  public:
+  // Where serve() begins. The kernel's NBD client does no handshake: whoever hands it the socket
+  // tells it the export's size and flags itself (see KernelNbd), so such a connection starts in
+  // transmission, with simple replies and no meta context; requests are validated exactly as
+  // after a handshake, and the read-only option holds the same way.
+  enum class Phase { kHandshake, kTransmission };
+
   // Takes ownership of `fd` (a connected stream socket).
   Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
-             MemoryBudget& budget);
+             MemoryBudget& budget, Phase start = Phase::kHandshake);
   ~Connection();
-  // Runs the handshake and then serves requests until the client disconnects, breaks the
-  // protocol, or shutdown() is called. Returns when every request in flight has been answered.
+  // Runs the handshake (unless started in transmission), then serves requests until the client
+  // disconnects, breaks the protocol, or shutdown() is called. Returns when every request in
+  // flight has been answered.
   void serve();
   // Makes serve() return soon (from any thread).
   void shutdown();
@@ -76,7 +85,7 @@ class Connection {
   bool handle_meta_context(uint32_t opt, const std::vector<uint8_t>& data);
   void transmission();
   void execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_t offset, uint32_t len,
-               std::vector<uint8_t> payload);
+               ploop::PageBuffer payload);
   void reply_simple(uint64_t cookie, uint32_t error, const uint8_t* data, size_t len);
   void reply_read(uint64_t cookie, uint64_t offset, const uint8_t* data, size_t len);
   void reply_error(uint64_t cookie, uint32_t error);
@@ -90,6 +99,7 @@ class Connection {
   shim::WorkerPool& pool_;
   Stats& stats_;
   MemoryBudget& budget_;
+  Phase start_;
   bool structured_ = false;
   bool base_allocation_ = false;  // meta context selected (id 1)
   std::mutex send_mu_;
