@@ -20,7 +20,7 @@ void add_mount(CLI::App& app, int& rc) {
   auto* m = app.add_subcommand("mount", "Serve a disk as a block device and mount its file system");
   m->add_flag("-r,--read-only", *ro, "Read-only");
   m->add_option("-m,--mount-point", *dir, "Where to mount the file system (without it, only the device is attached)");
-  m->add_option("--device", *device, "Front end: fuse (FUSE file + loop device), nbd or ublk");
+  m->add_option("--device", *device, "Front end: ublk, nbd (kernel NBD) or fuse (FUSE file + loop device); default: the first available in that order");
   m->add_option("DD", *dd, "DiskDescriptor.xml")->required();
   m->callback([=, &rc] {
     shim::MountState s = shim::mount_disk({*dd, *dir, *ro, *device});
@@ -47,7 +47,7 @@ void add_mount(CLI::App& app, int& rc) {
     if (*json) {
       nlohmann::json out = nlohmann::json::array();
       for (const auto& s : all) {
-        out.push_back({{"dd", s.dd}, {"device", s.device}, {"front", s.front}, {"direct_io", s.direct_io},
+        out.push_back({{"dd", s.dd}, {"device", s.device}, {"front", s.front}, {"dev_id", s.dev_id}, {"direct_io", s.direct_io},
                        {"mountpoint", s.mountpoint}, {"read_only", s.read_only}, {"pid", s.pid}, {"alive", s.alive()},
                        {"log", s.log}});
       }

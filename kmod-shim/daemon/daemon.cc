@@ -14,9 +14,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 
-#include "kmod-shim/fuse/fuse_export.h"
+#include "kmod-shim/daemon/front_end.h"
 #include "ploop/check.h"
 #include "ploop/descriptor.h"
 #include "ploop/disk.h"
@@ -94,11 +95,19 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
     if (!cfg.read_only) ploop::open_session(*plain, cfg.dd);  // finishes an interrupted merge or resize
     auto stack = ploop::open_disk(*storage, cfg.dd, cfg.read_only ? ploop::OpenMode::kReadOnly : ploop::OpenMode::kReadWrite);
     if (cfg.read_only) ploop::hold_shared_locks(*storage, *stack);
-    FuseExport fuse(*stack, cfg.dir + "/fuse", cfg.read_only);
-    fuse.start();
-    int ctl = listen_control(cfg.dir + "/ctl.sock");
-    log("serving %s", cfg.dd);
-    tell(ready_fd, "ready " + std::to_string(::getpid()));
+    std::unique_ptr<FrontEnd> front = FrontEnd::make(cfg.front, *stack, cfg.read_only, cfg.dir + "/fuse", cfg.recover_id);
+    std::string served = front->start();
+    const std::string device = cfg.front == "fuse" ? "" : served;
+    int ctl;
+    try {
+      ctl = listen_control(cfg.dir + "/ctl.sock");
+    } catch (...) {
+      front->stop();
+      throw;
+    }
+    log("serving %s", cfg.dd + " through " + cfg.front + (device.empty() ? "" : " as " + device) +
+                          (cfg.recover_id >= 0 ? " (reattached to the device a dead daemon left)" : ""));
+    tell(ready_fd, "ready " + std::to_string(::getpid()) + (device.empty() ? "" : " " + device));
     ::close(ready_fd);
     ready_fd = -1;
     auto started = std::chrono::steady_clock::now();
@@ -129,7 +138,8 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
                                   {"ops", ops},
                                   {"cluster_size", stack->cluster_bytes()},
                                   {"chain", chain},
-                                  {"front", "fuse"},
+                                  {"front", cfg.front},
+                                  {"device", device},
                                   {"read_only", cfg.read_only},
                                   {"pid", ::getpid()},
                                   {"uptime_s", std::chrono::duration_cast<std::chrono::seconds>(
@@ -154,7 +164,7 @@ void run_daemon(const DaemonConfig& cfg, int ready_fd) {
     log("stopping %s", cfg.dd);
     ::close(ctl);
     ::unlink((cfg.dir + "/ctl.sock").c_str());
-    fuse.stop();
+    front->stop();
     stack->close();
     log("stopped cleanly: %s", cfg.dd);
   } catch (const std::exception& e) {

@@ -8,15 +8,19 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "fsutil/fsutil.h"
 #include "kmod-shim/daemon/daemon.h"
-#include "kmod-shim/fuse/fuse_export.h"
+#include "kmod-shim/daemon/front_end.h"
 #include "kmod-shim/loop/loop_device.h"
+#include "kmod-shim/nbd/kernel_nbd.h"
+#include "kmod-shim/ublk/ublk_device.h"
 #include "ploop/error.h"
 
 namespace shim {
@@ -29,15 +33,6 @@ std::string real(const std::string& p) {
   auto r = fs::canonical(p, ec);
   if (ec) throw ploop::Error(ploop::Exit::kOpen, p + ": " + ec.message());
   return r.string();
-}
-
-std::string pick_front(const std::string& asked) {
-  if (asked == "ublk" || asked == "nbd") {
-    throw ploop::Error(ploop::Exit::kParam, "--device " + asked + ": not available in this build yet (use fuse)");
-  }
-  if (!asked.empty() && asked != "fuse") throw ploop::Error(ploop::Exit::kParam, "--device must be fuse, nbd or ublk");
-  if (::access("/dev/fuse", R_OK | W_OK) != 0) throw ploop::Error(ploop::Exit::kSys, "/dev/fuse is not available: cannot serve the disk");
-  return "fuse";
 }
 
 bool wait_gone(int pid, std::chrono::milliseconds limit) {
@@ -61,8 +56,36 @@ bool loop_backs(const std::string& device, const std::string& file) {
   return !backing.empty() && backing == file;
 }
 
+// The index N of /dev/nbdN or /dev/ublkbN, -1 if the name does not end in digits.
+int trailing_number(const std::string& device) {
+  size_t i = device.size();
+  while (i > 0 && device[i - 1] >= '0' && device[i - 1] <= '9') --i;
+  return i == device.size() ? -1 : std::atoi(device.c_str() + i);
+}
+
+// Whether /dev/nbdN is still the dead daemon's: a live process other than it that configured the
+// device (/sys/block/nbdN/pid) means the index was handed to another disk.
+bool nbd_is_ours(int index, int dead_pid) {
+  std::ifstream in("/sys/block/nbd" + std::to_string(index) + "/pid");
+  int pid = 0;
+  if (!(in >> pid) || pid <= 0 || pid == dead_pid) return true;
+  return ::kill(pid, 0) != 0 && errno != EPERM;
+}
+
+// Removes the device a dead daemon left behind, so that waiting and future I/O fail instead of
+// hanging (ublk with USER_RECOVERY queues I/O until a server returns; nbd waits for a reconnect).
+void remove_dead_device(const MountState& s) {
+  if (s.dev_id < 0) return;
+  if (s.front == "ublk") UblkDevice::remove(s.dev_id);
+  if (s.front == "nbd" && nbd_is_ours(s.dev_id, s.pid)) KernelNbd::disconnect(s.dev_id);
+}
+
 // Best-effort teardown used both by umount and by a failed mount.
 void teardown(MountState& s, bool lazy_fs) {
+  const bool alive = s.alive();
+  // A dead daemon's ublk or nbd device goes first: unmounting a file system whose device queues
+  // I/O forever would hang, while a removed device fails that I/O at once.
+  if (!alive) remove_dead_device(s);
   if (!s.mountpoint.empty() && fsutil::is_mountpoint(s.mountpoint)) {
     try {
       fsutil::umount_fs(s.mountpoint, false);
@@ -71,13 +94,13 @@ void teardown(MountState& s, bool lazy_fs) {
       fsutil::umount_fs(s.mountpoint, true);
     }
   }
-  if (!s.device.empty() && loop_backs(s.device, s.fuse_dir() + "/disk")) {
+  if (s.front == "fuse" && !s.device.empty() && loop_backs(s.device, s.fuse_dir() + "/disk")) {
     try {
       detach_loop(s.device);
     } catch (const ploop::Error&) {
     }
   }
-  if (s.alive()) {
+  if (alive && s.pid > 0) {  // the daemon removes its ublk or nbd device as it stops
     try {
       control(s.socket, "stop");
     } catch (const ploop::Error&) {
@@ -87,7 +110,7 @@ void teardown(MountState& s, bool lazy_fs) {
       throw ploop::Error(ploop::Exit::kBusy, "the daemon (PID " + std::to_string(s.pid) + ") did not stop; see " + s.log);
     }
   }
-  if (fsutil::is_mountpoint(s.fuse_dir())) {  // the daemon died without unmounting its export
+  if (s.front == "fuse" && fsutil::is_mountpoint(s.fuse_dir())) {  // the daemon died without unmounting its export
     try {
       fsutil::umount_fs(s.fuse_dir(), true);
     } catch (const ploop::Error&) {
@@ -106,21 +129,35 @@ MountState mount_disk(const MountOptions& o) {
   s.dd = real(o.dd);
   s.dir = state_dir_for(s.dd);
   s.read_only = o.read_only;
-  s.front = pick_front(o.device);
+  std::string mp;
   if (!o.mountpoint.empty()) {
-    s.mountpoint = real(o.mountpoint);
-    if (!fs::is_directory(s.mountpoint)) throw ploop::Error(ploop::Exit::kParam, s.mountpoint + ": not a directory");
-    if (fsutil::is_mountpoint(s.mountpoint)) throw ploop::Error(ploop::Exit::kBusy, s.mountpoint + ": something is already mounted there");
+    mp = real(o.mountpoint);
+    if (!fs::is_directory(mp)) throw ploop::Error(ploop::Exit::kParam, mp + ": not a directory");
   }
+  int recover_id = -1;
   if (auto old = load_state(s.dir)) {
     if (old->alive()) {
       throw ploop::Error(ploop::Exit::kBusy, s.dd + " is already mounted" +
                                                  (old->mountpoint.empty() ? "" : " at " + old->mountpoint) + " (device " +
                                                  old->device + ", daemon PID " + std::to_string(old->pid) + ")");
     }
-    teardown(*old, true);  // leftovers of a daemon that died
+    // A dead daemon's recoverable ublk device still carries the file system and holds its I/O:
+    // a new daemon reattaches to it (USER_RECOVERY) instead of tearing it down.
+    if (old->front == "ublk" && (o.device.empty() || o.device == "ublk") && old->read_only == o.read_only &&
+        (mp.empty() || mp == old->mountpoint) && UblkDevice::available() && UblkDevice::can_recover(old->dev_id)) {
+      recover_id = old->dev_id;
+      s.front = "ublk";
+      s.mountpoint = old->mountpoint;
+    } else {
+      teardown(*old, true);  // leftovers of a daemon that died
+    }
   }
-  fs::create_directories(s.fuse_dir());
+  if (recover_id < 0) {
+    s.front = choose_front(o.device);
+    s.mountpoint = mp;
+    if (!mp.empty() && fsutil::is_mountpoint(mp)) throw ploop::Error(ploop::Exit::kBusy, mp + ": something is already mounted there");
+  }
+  fs::create_directories(s.front == "fuse" ? s.fuse_dir() : s.dir);
   ::chmod(s.dir.c_str(), 0700);
   s.log = s.dir + "/daemon.log";
   s.socket = s.dir + "/ctl.sock";
@@ -140,7 +177,8 @@ MountState mount_disk(const MountOptions& o) {
     ::dup2(logfd >= 0 ? logfd : null, STDERR_FILENO);
     if (::chdir("/") != 0) {
     }
-    run_daemon({s.dd, s.dir, s.read_only}, pipefd[1]);
+    DaemonConfig cfg{s.dd, s.dir, s.read_only, s.front, recover_id};
+    run_daemon(cfg, pipefd[1]);
   }
   ::close(pipefd[1]);
   ::waitpid(pid, nullptr, 0);  // the intermediate child exits at once
@@ -153,21 +191,30 @@ MountState mount_disk(const MountOptions& o) {
   }
   ::close(pipefd[0]);
   while (!answer.empty() && answer.back() == '\n') answer.pop_back();
-  // The daemon answers "ready <pid>" once its front end serves.
+  // The daemon answers "ready <pid>" (fuse) or "ready <pid> <device>" (ublk, nbd) once it serves.
   if (answer.rfind("ready ", 0) != 0) {
     std::error_code ec;
-    fs::remove_all(s.fuse_dir(), ec);
+    if (s.front == "fuse") fs::remove_all(s.fuse_dir(), ec);
     throw ploop::Error(ploop::Exit::kDevice, "the daemon did not start: " +
                                                  (answer.rfind("error: ", 0) == 0 ? answer.substr(7) : "see " + s.log));
   }
-  s.pid = std::atoi(answer.c_str() + 6);
+  {
+    std::istringstream in(answer.substr(6));
+    in >> s.pid >> s.device;
+  }
   s.start_time = process_start_time(s.pid);
   try {
-    LoopDevice dev = attach_loop(s.fuse_dir() + "/disk", s.read_only, true);
-    s.device = dev.path;
-    s.direct_io = dev.direct_io;
+    if (s.front == "fuse") {
+      LoopDevice dev = attach_loop(s.fuse_dir() + "/disk", s.read_only, true);
+      s.device = dev.path;
+      s.direct_io = dev.direct_io;
+    } else {
+      if (s.device.empty()) throw ploop::Error(ploop::Exit::kDevice, "the daemon did not name its device; see " + s.log);
+      s.dev_id = trailing_number(s.device);
+    }
     save_state(s);
-    if (!s.mountpoint.empty()) {
+    const bool still_mounted = recover_id >= 0 && !s.mountpoint.empty() && fsutil::is_mountpoint(s.mountpoint);
+    if (!s.mountpoint.empty() && !still_mounted) {
       std::vector<uint8_t> head(1 << 20);
       {
         int fd = ::open(s.device.c_str(), O_RDONLY | O_CLOEXEC);
@@ -211,15 +258,37 @@ MountState umount_disk(const std::string& what) {
 }
 
 void with_block_device(ploop::Stack& stack, const std::function<void(const std::string&)>& fn) {
+  // ublk or kernel NBD, served by this process, where the kernel has them.
+  for (const char* front : {"ublk", "nbd"}) {
+    bool have = std::string(front) == "ublk" ? UblkDevice::available() : KernelNbd::available();
+    if (!have) continue;
+    std::unique_ptr<FrontEnd> dev = FrontEnd::make(front, stack, false, "", -1, /*recoverable=*/false);
+    std::string path;
+    try {
+      path = dev->start();
+    } catch (const ploop::Error& e) {
+      std::fprintf(stderr, "ploop: %s front end unavailable (%s); trying the next one\n", front, e.what());
+      continue;
+    }
+    try {
+      fn(path);
+    } catch (...) {
+      dev->stop();
+      throw;
+    }
+    dev->stop();
+    return;
+  }
+  // Else a FUSE file with a loop device on it.
   char tmpl[] = "/tmp/ploop-fuse-XXXXXX";
   if (!::mkdtemp(tmpl)) ploop::throw_errno(ploop::Exit::kSys, errno, "mkdtemp failed", tmpl);
   std::string dir = tmpl;
   {
-    FuseExport fuse(stack, dir, false);
-    fuse.start();
+    std::unique_ptr<FrontEnd> fuse = FrontEnd::make("fuse", stack, false, dir);
+    std::string file = fuse->start();
     std::string dev;
     try {
-      dev = attach_loop(fuse.file(), false, true).path;
+      dev = attach_loop(file, false, true).path;
       fn(dev);
       detach_loop(dev);
     } catch (...) {
@@ -229,11 +298,11 @@ void with_block_device(ploop::Stack& stack, const std::function<void(const std::
         } catch (...) {
         }
       }
-      fuse.stop();
+      fuse->stop();
       ::rmdir(dir.c_str());
       throw;
     }
-    fuse.stop();
+    fuse->stop();
   }
   ::rmdir(dir.c_str());
 }

@@ -44,7 +44,7 @@ std::string state_dir_for(const std::string& dd) {
 }
 
 void save_state(const MountState& s) {
-  nlohmann::json j{{"dd", s.dd},         {"pid", s.pid}, {"start_time", s.start_time},   {"front", s.front},       {"device", s.device},
+  nlohmann::json j{{"dd", s.dd},         {"pid", s.pid}, {"start_time", s.start_time},   {"front", s.front},       {"device", s.device}, {"dev_id", s.dev_id},
                    {"direct_io", s.direct_io}, {"mountpoint", s.mountpoint}, {"read_only", s.read_only},
                    {"log", s.log},       {"socket", s.socket}};
   std::string tmp = s.dir + "/state.json.tmp";
@@ -66,8 +66,10 @@ std::optional<MountState> load_state(const std::string& dir) {
   s.dd = j.value("dd", "");
   s.pid = j.value("pid", 0);
   s.start_time = j.value("start_time", uint64_t{0});
-  s.front = j.value("front", "");
+  s.front = j.value("front", "fuse");
+  if (s.front.empty()) s.front = "fuse";
   s.device = j.value("device", "");
+  s.dev_id = j.value("dev_id", -1);
   s.direct_io = j.value("direct_io", false);
   s.mountpoint = j.value("mountpoint", "");
   s.read_only = j.value("read_only", false);

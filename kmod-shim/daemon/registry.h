@@ -1,5 +1,6 @@
 // What is mounted: one directory per disk under /run/ploop/<id>/ (id = a hash of the descriptor's
-// real path) holding the FUSE mount point, the daemon's control socket, its log and state.json.
+// real path) holding the FUSE mount point (FUSE front end only), the daemon's control socket, its
+// log and state.json (front end, device and its ublk id or nbd index, daemon PID, mount point).
 // `ploop list` reads these; `ploop umount` uses them to undo a mount, even after the daemon died.
 #pragma once
 
@@ -15,8 +16,9 @@ struct MountState {
   std::string dir;         // /run/ploop/<id>
   int pid = 0;             // the daemon
   uint64_t start_time = 0; // its start time (/proc/PID/stat field 22), so a recycled PID is not taken for it
-  std::string front;       // "fuse" (kernel nbd and ublk: see the ublk/nbd issue)
-  std::string device;      // /dev/loopN
+  std::string front;       // "ublk", "nbd" or "fuse" (FUSE file + loop device)
+  std::string device;      // /dev/ublkbN, /dev/nbdN or /dev/loopN
+  int dev_id = -1;         // ublk device id or nbd index (so a dead daemon's device can be removed); -1 for loop
   bool direct_io = false;  // of the loop device
   std::string mountpoint;  // "" if only the device is attached
   bool read_only = false;
