@@ -81,9 +81,8 @@ void Delta::load(bool allow_dirty, bool lock) {
   const uint32_t data_start = h_.data_start_cluster();
   for (uint32_t c = 0; c < data_start && c < tail_; ++c) used_[c] = true;
 
-  for (uint32_t vc = 0; vc < h_.bat_entries; ++vc) {
+  for (uint32_t vc = next_mapped_locked(0); vc < h_.bat_entries; vc = next_mapped_locked(vc + 1)) {
     uint32_t e = entry_locked(vc);
-    if (!e) continue;
     uint32_t c;
     std::string where = name + ": BAT entry " + std::to_string(vc) + " (offset " +
                         std::to_string(kHeaderSize + 4 * uint64_t{vc}) + ")";
@@ -150,19 +149,44 @@ uint32_t Delta::cluster_of(uint32_t vc) const {
   return c;
 }
 
+uint32_t Delta::next_mapped_locked(uint32_t vc) const {
+  const uint32_t n = h_.bat_entries;
+  // Sixteen, then two entries at a time over runs of empty entries (most of a sparse disk's BAT).
+  while (vc < n && (vc & 1)) {
+    if (entry_locked(vc)) return vc;
+    ++vc;
+  }
+  const uint8_t* bat = &meta_[kHeaderSize];
+  auto zero64 = [&](uint32_t at) {  // 16 entries (64 bytes) at `at` all empty
+    uint64_t any = 0;
+    for (size_t i = 0; i < 8; ++i) any |= le::load64(bat + 4 * size_t{at} + 8 * i);
+    return any == 0;
+  };
+  while (vc + 16 <= n && zero64(vc)) vc += 16;
+  while (vc + 1 < n && le::load64(bat + 4 * size_t{vc}) == 0) vc += 2;
+  while (vc < n && !entry_locked(vc)) ++vc;
+  return std::min(vc, n);
+}
+
 std::vector<uint32_t> Delta::clusters() const {
   std::lock_guard lk(mu_);
   std::vector<uint32_t> out(h_.bat_entries, 0);
-  for (uint32_t vc = 0; vc < h_.bat_entries; ++vc) {
-    if (uint32_t e = entry_locked(vc)) bat_entry_to_cluster(h_, e, out[vc]);  // validated at open
+  for (uint32_t vc = next_mapped_locked(0); vc < h_.bat_entries; vc = next_mapped_locked(vc + 1)) {
+    bat_entry_to_cluster(h_, entry_locked(vc), out[vc]);  // validated at open
   }
   return out;
 }
 
-std::vector<uint8_t> Delta::bat_bytes() const {
+std::vector<std::pair<uint32_t, uint32_t>> Delta::mapped() const {
   std::lock_guard lk(mu_);
-  auto first = meta_.begin() + kHeaderSize;
-  return std::vector<uint8_t>(first, first + 4 * static_cast<ptrdiff_t>(h_.bat_entries));
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  out.reserve(mapped_);
+  for (uint32_t vc = next_mapped_locked(0); vc < h_.bat_entries; vc = next_mapped_locked(vc + 1)) {
+    uint32_t c = 0;
+    bat_entry_to_cluster(h_, entry_locked(vc), c);  // validated at open
+    out.emplace_back(vc, c);
+  }
+  return out;
 }
 
 uint64_t Delta::mapped_clusters() const {

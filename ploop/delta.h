@@ -19,7 +19,9 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ploop/aligned_bytes.h"
@@ -60,8 +62,15 @@ class Delta {
   uint64_t mapped_clusters() const;
   // The whole map at once (one lock instead of one per entry): element vc is cluster_of(vc).
   std::vector<uint32_t> clusters() const;
-  // The BAT entries exactly as stored on disk (4 bytes each, little-endian).
-  std::vector<uint8_t> bat_bytes() const;
+  // (virtual cluster, file cluster) of every mapped entry, in virtual order; skips empty runs fast.
+  std::vector<std::pair<uint32_t, uint32_t>> mapped() const;
+  // Calls fn with the BAT entries exactly as stored on disk (4 bytes each, little-endian), under
+  // the delta's lock: fn must not call back into this delta.
+  template <class Fn>
+  auto with_bat(Fn&& fn) const {
+    std::lock_guard lk(mu_);
+    return fn(std::span<const uint8_t>(meta_.data() + kHeaderSize, 4 * size_t{h_.bat_entries}));
+  }
 
   // --- read-write deltas only ---
   // Reserves a free file cluster. The caller writes it in full, then calls map() or abandon().
@@ -85,6 +94,7 @@ class Delta {
   void load(bool allow_dirty, bool lock);
   void move_cluster(uint32_t from, uint32_t to, uint32_t vc);
   uint32_t entry_locked(uint32_t vc) const;
+  uint32_t next_mapped_locked(uint32_t vc) const;  // first mapped entry >= vc, or bat_entries
   void set_entry_locked(uint32_t vc, uint32_t cluster);
   void store_header_locked();
   void write_page(size_t page, const uint8_t* bytes);

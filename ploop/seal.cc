@@ -22,8 +22,7 @@ void put128(uint8_t* p, XXH128_hash_t h) {
 
 // XXH3-128 of the delta's BAT entries as stored on disk.
 XXH128_hash_t bat_hash(const Delta& d) {
-  std::vector<uint8_t> bat = d.bat_bytes();
-  return XXH3_128bits(bat.data(), bat.size());
+  return d.with_bat([](std::span<const uint8_t> bat) { return XXH3_128bits(bat.data(), bat.size()); });
 }
 
 std::vector<uint8_t> read_all(Storage& st, const std::string& path) {
@@ -110,11 +109,7 @@ void seal_delta(Storage& st, Delta& delta, const std::string& parent, const Prog
   Delta* d = &delta;
   const std::string& delta_path = d->path();
   const uint64_t cs = d->cluster_bytes(), bpc = cs / kSealBlock;
-  const std::vector<uint32_t> map = d->clusters();
-  std::vector<uint32_t> vcs;
-  for (uint32_t vc = 0; vc < map.size(); ++vc) {
-    if (map[vc]) vcs.push_back(vc);
-  }
+  const std::vector<std::pair<uint32_t, uint32_t>> vcs = d->mapped();  // (virtual, file) cluster
   uint64_t table = (4 * vcs.size() + 7) / 8 * 8;
   std::vector<uint8_t> out(kHead + table + vcs.size() * bpc * 8 + kTrailer, 0);
   std::memcpy(out.data(), kMagic, 16);
@@ -127,8 +122,8 @@ void seal_delta(Storage& st, Delta& delta, const std::string& parent, const Prog
   AlignedBytes buf(vcs.empty() ? 0 : std::min<uint64_t>(cs, 1 << 20));
   uint8_t* sums = &out[kHead + table];
   for (size_t i = 0; i < vcs.size(); ++i) {
-    le::store32(&out[kHead + 4 * i], vcs[i]);
-    uint64_t fc = map[vcs[i]];
+    le::store32(&out[kHead + 4 * i], vcs[i].first);
+    uint64_t fc = vcs[i].second;
     for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
       d->file().read(buf.data(), buf.size(), fc * cs + pos);
       for (uint64_t b = 0; b < buf.size(); b += kSealBlock) {
@@ -187,10 +182,8 @@ SealReport verify_seal(Storage& st, const std::string& delta_path, const std::st
   const uint64_t cs = d->cluster_bytes();
   AlignedBytes buf(std::min<uint64_t>(cs, 1 << 20));
   uint64_t done = 0, total = d->mapped_clusters();
-  const std::vector<uint32_t> map = d->clusters();
-  for (uint32_t vc = 0; vc < map.size(); ++vc) {
-    uint64_t fc = map[vc];
-    if (!fc) continue;
+  for (auto [vc, cluster] : d->mapped()) {
+    const uint64_t fc = cluster;
     for (uint64_t pos = 0; pos < cs; pos += buf.size()) {
       d->file().read(buf.data(), buf.size(), fc * cs + pos);
       for (uint64_t b = 0; b < buf.size(); b += kSealBlock) {
