@@ -29,6 +29,8 @@ class File {
   // Allocates [offset, offset+len) as zeros (extending the file if needed) without writing them
   // where the file system can (fallocate); the default writes zeros.
   virtual void preallocate(uint64_t offset, uint64_t len);
+  // A hint that [offset, offset+len) will be read soon (start reading it ahead); may do nothing.
+  virtual void will_need(uint64_t /*offset*/, uint64_t /*len*/) {}
   // Copies `len` bytes of `src` at `src_offset` to this file at `offset`. The default reads and
   // writes through a buffer; a kernel file copies in the kernel (copy_file_range) where it can.
   virtual void copy_from(File& src, uint64_t src_offset, uint64_t len, uint64_t offset);

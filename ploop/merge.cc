@@ -18,19 +18,30 @@ namespace {
 void copy_down(Delta& child, Delta& parent, const Progress& progress) {
   if (child.size_bytes() > parent.size_bytes()) parent.resize(child.size_bytes());
   const uint64_t cs = child.cluster_bytes();
-  const uint64_t max_run = std::max<uint64_t>(1, (64u << 20) / cs);
-  const std::vector<uint32_t> from_map = child.clusters();
-  const uint64_t total = child.mapped_clusters();
-  uint64_t done = 0;
+  const size_t max_run = static_cast<size_t>(std::max<uint64_t>(1, (64u << 20) / cs));
+  const std::vector<std::pair<uint32_t, uint32_t>> mapped = child.mapped();  // (virtual, child file) cluster
   struct Piece {
-    uint32_t vc, to;
+    uint32_t vc, from, to;
     bool fresh;
   };
   std::vector<Piece> run;
+  size_t done = 0, ahead = 0;
+  // Asks for the child's clusters up to mapped[upto) to be read ahead, consecutive ones together,
+  // so the reads of the next runs overlap the writes of this one.
+  auto read_ahead = [&](size_t upto) {
+    upto = std::min(upto, mapped.size());
+    while (ahead < upto) {
+      size_t n = 1;
+      while (ahead + n < upto && mapped[ahead + n].second == mapped[ahead].second + n) ++n;
+      child.file().will_need(uint64_t{mapped[ahead].second} * cs, n * cs);
+      ahead += n;
+    }
+  };
   auto copy_run = [&] {
     if (run.empty()) return;
+    read_ahead(done + run.size() + 2 * max_run);
     try {
-      parent.file().copy_from(child.file(), uint64_t{from_map[run[0].vc]} * cs, run.size() * cs, uint64_t{run[0].to} * cs);
+      parent.file().copy_from(child.file(), uint64_t{run[0].from} * cs, run.size() * cs, uint64_t{run[0].to} * cs);
     } catch (...) {
       for (const Piece& p : run) {
         if (p.fresh) parent.abandon(p.to);
@@ -42,14 +53,13 @@ void copy_down(Delta& child, Delta& parent, const Progress& progress) {
     }
     done += run.size();
     run.clear();
-    if (progress) progress(done, total);
+    if (progress) progress(done, mapped.size());
   };
-  for (uint32_t vc = 0; vc < from_map.size(); ++vc) {
-    if (!from_map[vc]) continue;
+  for (auto [vc, from] : mapped) {
     uint32_t to = parent.cluster_of(vc);
     bool fresh = to == 0;
     if (fresh) to = parent.allocate();
-    if (!run.empty() && (run.size() >= max_run || from_map[vc] != from_map[run.back().vc] + 1 || to != run.back().to + 1)) {
+    if (!run.empty() && (run.size() >= max_run || from != run.back().from + 1 || to != run.back().to + 1)) {
       try {
         copy_run();
       } catch (...) {
@@ -57,7 +67,7 @@ void copy_down(Delta& child, Delta& parent, const Progress& progress) {
         throw;
       }
     }
-    run.push_back({vc, to, fresh});
+    run.push_back({vc, from, to, fresh});
   }
   copy_run();
   parent.close();  // flush: data, then BAT; truncate the unused tail; clear the in-use flag

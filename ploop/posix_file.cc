@@ -181,6 +181,10 @@ class PosixFile final : public File {
 
   int fd() const override { return fd_; }
 
+  void will_need(uint64_t off, uint64_t len) override {
+    if (!direct_) ::posix_fadvise(fd_, static_cast<off_t>(off), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
+  }
+
   void preallocate(uint64_t off, uint64_t len) override {
     if (::fallocate(fd_, 0, static_cast<off_t>(off), static_cast<off_t>(len)) == 0) return;
     if (errno != EOPNOTSUPP) throw_errno(Exit::kWrite, errno, "fallocate failed", path(), static_cast<int64_t>(off));
