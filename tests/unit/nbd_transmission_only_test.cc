@@ -14,6 +14,7 @@
 #include "kmod-shim/nbd/protocol.h"
 #include "ploop/disk.h"
 #include "ploop/fault_storage.h"
+#include "nbd_wire.h"
 #include "test_util.h"
 
 using namespace nbd;
@@ -23,7 +24,7 @@ namespace {
 constexpr uint64_t kDisk = 8 << 20;
 
 // A stack served over a socket pair by one transmission-only connection; the test is the client.
-struct Served {
+struct Served : nbdtest::Wire {
   ploop::FaultStorage fs;
   std::unique_ptr<ploop::Stack> stack;
   Stats stats;
@@ -31,7 +32,6 @@ struct Served {
   shim::WorkerPool pool{4, 64};
   std::unique_ptr<Connection> conn;
   std::thread server_side;
-  int fd = -1;
 
   explicit Served(bool read_only = false) {
     ploop::create_disk(fs, "root.hds", {kDisk, 64, 2});
@@ -58,47 +58,6 @@ struct Served {
     stack->close();
   }
 
-  void send(const void* p, size_t n) { ASSERT_EQ(::send(fd, p, n, MSG_NOSIGNAL), static_cast<ssize_t>(n)); }
-  bool recv(void* p, size_t n) {
-    auto* b = static_cast<uint8_t*>(p);
-    while (n) {
-      ssize_t r = ::recv(fd, b, n, 0);
-      if (r <= 0) return false;
-      b += r;
-      n -= static_cast<size_t>(r);
-    }
-    return true;
-  }
-  bool closed_by_server() {
-    uint8_t b;
-    return ::recv(fd, &b, 1, 0) == 0;
-  }
-  void request(uint16_t type, uint64_t off, uint32_t len, uint16_t flags = 0, const uint8_t* payload = nullptr,
-               uint64_t cookie = 7) {
-    uint8_t h[28];
-    be::store32(h, kRequestMagic);
-    be::store16(h + 4, flags);
-    be::store16(h + 6, type);
-    be::store64(h + 8, cookie);
-    be::store64(h + 16, off);
-    be::store32(h + 24, len);
-    send(h, 28);
-    if (payload) send(payload, len);
-  }
-  // One simple reply (the only kind the kernel understands): its error, or UINT32_MAX if the
-  // connection closed. Read data goes to *data.
-  uint32_t reply(std::vector<uint8_t>* data = nullptr, size_t len = 0, uint64_t cookie = 7) {
-    uint8_t h[16];
-    if (!recv(h, 16)) return UINT32_MAX;
-    EXPECT_EQ(be::load32(h), kSimpleReplyMagic);
-    EXPECT_EQ(be::load64(h + 8), cookie);
-    uint32_t err = be::load32(h + 4);
-    if (data && err == 0) {
-      data->resize(len);
-      if (!recv(data->data(), len)) return UINT32_MAX;
-    }
-    return err;
-  }
   std::vector<uint8_t> read(uint64_t off, uint32_t len) {
     std::vector<uint8_t> got;
     request(kCmdRead, off, len);

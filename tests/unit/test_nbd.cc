@@ -13,6 +13,7 @@
 #include "kmod-shim/nbd/server.h"
 #include "ploop/disk.h"
 #include "ploop/fault_storage.h"
+#include "nbd_wire.h"
 #include "test_util.h"
 
 using namespace nbd;
@@ -41,8 +42,7 @@ struct Fixture {
 };
 
 // A raw client on one end of a socket pair; the server serves the other end on a thread.
-struct Client {
-  int fd;
+struct Client : nbdtest::Wire {
   std::thread server_side;
   Client(Server& s) {
     int sv[2];
@@ -57,25 +57,10 @@ struct Client {
     ::close(fd);
     server_side.join();  // the server side must end by itself once we are gone
   }
-  void send(const void* p, size_t n) { ASSERT_EQ(::send(fd, p, n, MSG_NOSIGNAL), static_cast<ssize_t>(n)); }
   void send_u32(uint32_t v) {
     uint8_t b[4];
     be::store32(b, v);
     send(b, 4);
-  }
-  bool recv(void* p, size_t n) {
-    auto* b = static_cast<uint8_t*>(p);
-    while (n) {
-      ssize_t r = ::recv(fd, b, n, 0);
-      if (r <= 0) return false;
-      b += r;
-      n -= static_cast<size_t>(r);
-    }
-    return true;
-  }
-  bool closed_by_server() {
-    uint8_t b;
-    return ::recv(fd, &b, 1, 0) == 0;
   }
   void hello() {
     uint8_t h[18];
@@ -117,30 +102,6 @@ struct Client {
     while ((t = option_reply(d)) == kRepInfo) {
     }
     ASSERT_EQ(t, kRepAck);
-  }
-  void request(uint16_t type, uint64_t off, uint32_t len, uint16_t flags = 0, const uint8_t* payload = nullptr,
-               uint64_t cookie = 7) {
-    uint8_t h[28];
-    be::store32(h, kRequestMagic);
-    be::store16(h + 4, flags);
-    be::store16(h + 6, type);
-    be::store64(h + 8, cookie);
-    be::store64(h + 16, off);
-    be::store32(h + 24, len);
-    send(h, 28);
-    if (payload) send(payload, len);
-  }
-  // Simple reply: returns the error (or UINT32_MAX if the connection closed).
-  uint32_t reply(std::vector<uint8_t>* data = nullptr, size_t len = 0) {
-    uint8_t h[16];
-    if (!recv(h, 16)) return UINT32_MAX;
-    EXPECT_EQ(be::load32(h), kSimpleReplyMagic);
-    uint32_t err = be::load32(h + 4);
-    if (data && err == 0) {
-      data->resize(len);
-      if (!recv(data->data(), len)) return UINT32_MAX;
-    }
-    return err;
   }
 };
 
