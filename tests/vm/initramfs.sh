@@ -49,14 +49,14 @@ cp /etc/mke2fs.conf "$root/etc/"
 loader=$(readelf -l /bin/bash | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')
 cp -L --parents "$loader" "$root/"
 
-# The project's executables: tools/ploop and whatever else the front ends build.
+# The project's executables: tools/ploop, whatever else the front ends build, and the VM probes.
 found=0
 while read -r exe; do
     case $(head -c4 "$exe" | od -An -c | tr -d ' ') in '177ELF') ;; *) continue ;; esac
     copy_elf "$exe"
     ln -sf "$exe" "$root/opt/ploop/bin/$(basename "$exe")"
     found=1
-done < <(find "$build/tools" "$build/kmod-shim" -maxdepth 3 -type f -perm -u+x \
+done < <(find "$build/tools" "$build/kmod-shim" "$build/tests/vm/bin" -maxdepth 3 -type f -perm -u+x \
              -not -path '*/CMakeFiles/*' 2>/dev/null)
 [ "$found" = 1 ] && [ -x "$build/tools/ploop" ] || { echo "tests/vm: no $build/tools/ploop" >&2; exit 1; }
 
