@@ -20,7 +20,7 @@ namespace {
 std::atomic<nbd::Server*> g_server{nullptr};
 
 void on_signal(int) {
-  if (nbd::Server* s = g_server.load()) s->stop();
+  if (nbd::Server* s = g_server.load()) s->request_stop();  // async-signal-safe: an atomic store
 }
 
 }  // namespace

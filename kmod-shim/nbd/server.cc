@@ -98,6 +98,7 @@ void Server::run() {
       done_cv_.notify_all();
     }).detach();
   }
+  stop();  // after a request_stop(), the live connections go down here, outside the handler
 }
 
 void Server::stop() {

@@ -33,9 +33,11 @@ class Server {
   void listen_unix(const std::string& path);
   void listen_tcp(const std::string& addr, uint16_t port);
   uint16_t tcp_port() const { return port_; }
-  // Accepts connections until stop() is called (from another thread or a signal handler's flag).
+  // Accepts connections until stop() or request_stop(); then shuts the live connections down.
   void run();
   void stop();
+  // Only sets the flag run() polls (every 200 ms): safe in a signal handler, unlike stop().
+  void request_stop() { stop_ = true; }
   // Serves one already connected socket on the calling thread (tests, socket pairs).
   void serve_fd(int fd);
   Stats& stats() { return stats_; }
