@@ -15,6 +15,7 @@
 #include "ploop/merge.h"
 #include "ploop/paths.h"
 #include "ploop/resize.h"
+#include "ploop/seal.h"
 #include "ploop/session.h"
 #include "ploop/snapshot.h"
 
@@ -108,7 +109,7 @@ void crash_everywhere(const std::function<void(FaultStorage&, Chain&)>& op,
     total = fs.mutations() - before;
     verify(fs, c);
   }
-  ASSERT_GT(total, 5u);
+  ASSERT_GE(total, 5u);
   int points = 0;
   for (uint64_t cut = 0; cut < total; cut += std::max<uint64_t>(1, total / 40)) {
     SCOPED_TRACE("power cut after mutation " + std::to_string(cut) + " of " + std::to_string(total));
@@ -156,6 +157,30 @@ TEST(PowerLossOps, MergeAll) {
                        if (!d.shot(g)) gone.push_back(g);
                      }
                      expect_state(fs, c, gone, [&](const std::vector<uint8_t>& top) { ASSERT_EQ(top, c.top); });
+                   });
+}
+
+TEST(PowerLossOps, SnapshotCreate) {
+  const std::string g = "{0badc0de-0000-4000-8000-000000000001}";
+  crash_everywhere([&](FaultStorage& fs, Chain&) { create_snapshot(fs, kDD, g); },
+                   [&](FaultStorage& fs, const Chain& c) {
+                     expect_state(fs, c, {}, [&](const std::vector<uint8_t>& top) { ASSERT_EQ(top, c.top); });
+                     Descriptor d = Descriptor::load(fs, kDD);
+                     if (!d.shot(g)) return;  // before: the old tree
+                     // after: the old top is the snapshot, sealed over its parent's seal
+                     ASSERT_EQ(read_disk(fs, g), c.top);
+                     SealReport r = verify_seal(fs, join_path("ct", d.image(g)->file), join_path("ct", d.image(c.s2)->file));
+                     ASSERT_TRUE(r.present && r.ok) << r.problem;
+                   });
+}
+
+TEST(PowerLossOps, SnapshotSwitch) {
+  crash_everywhere([](FaultStorage& fs, Chain& c) { switch_snapshot(fs, kDD, c.s1); },
+                   [](FaultStorage& fs, const Chain& c) {
+                     // before: the old top; after: a new empty top over S1
+                     expect_state(fs, c, {}, [&](const std::vector<uint8_t>& top) {
+                       ASSERT_TRUE(top == c.top || top == c.snaps.at(c.s1)) << "the top is neither the old one nor S1";
+                     });
                    });
 }
 
