@@ -29,9 +29,10 @@ class FrontEnd {
   virtual int dev_id() const { return -1; }  // ublk id or nbd index
 
   // `fuse_dir`: an empty directory for the FUSE mount (fuse only). `recover_id` >= 0: ublk only,
-  // reattach to the device a dead daemon left. `recoverable`: ublk asks for USER_RECOVERY.
+  // reattach to the device a dead daemon left. `recoverable`: ublk asks for USER_RECOVERY; off by
+  // default, and the daemon leaves it off (why: kmod-shim/ublk/ublk_device.h).
   static std::unique_ptr<FrontEnd> make(const std::string& front, ploop::Stack& stack, bool read_only,
-                                        const std::string& fuse_dir, int recover_id = -1, bool recoverable = true);
+                                        const std::string& fuse_dir, int recover_id = -1, bool recoverable = false);
 };
 
 }  // namespace shim

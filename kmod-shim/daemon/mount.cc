@@ -142,7 +142,9 @@ MountState mount_disk(const MountOptions& o) {
                                                  old->device + ", daemon PID " + std::to_string(old->pid) + ")");
     }
     // A dead daemon's recoverable ublk device still carries the file system and holds its I/O:
-    // a new daemon reattaches to it (USER_RECOVERY) instead of tearing it down.
+    // a new daemon reattaches to it (USER_RECOVERY) instead of tearing it down. The daemon does
+    // not create recoverable devices (kmod-shim/ublk/ublk_device.h says why), so this only serves
+    // a device some other build left.
     if (old->front == "ublk" && (o.device.empty() || o.device == "ublk") && old->read_only == o.read_only &&
         (mp.empty() || mp == old->mountpoint) && UblkDevice::available() && UblkDevice::can_recover(old->dev_id)) {
       recover_id = old->dev_id;

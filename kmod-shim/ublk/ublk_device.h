@@ -8,13 +8,15 @@
 // 4 KiB granularity), max_sectors = the per-tag buffer (512 KiB), read-only attribute if asked.
 // Commands are ioctl-encoded when the kernel answers GET_FEATURES, else legacy (ublk_ctrl.h).
 //
-// Recovery: where the driver offers UBLK_F_USER_RECOVERY with UBLK_F_USER_RECOVERY_FAIL_IO
-// (Linux 6.13+), the device is created with both. If this process dies, /dev/ublkbN and its id
-// stay, requests fail (rather than wait) until a new server reattaches with
-// UblkOptions::recover_id (START_USER_RECOVERY, fetch, END_USER_RECOVERY), or remove(id) deletes
-// the device. Plain USER_RECOVERY(_REISSUE) is not used: on kernels without FAIL_IO (6.12) it
-// makes every writer wait, unkillably, for a server that may never come. Without recovery the
-// kernel stops the device when its server dies, and I/O fails at once.
+// Recovery (UBLK_F_USER_RECOVERY) is off unless asked for (UblkOptions::recovery), and the mount
+// daemon does not ask: reattaching a new server under a still-mounted file system would be silent
+// corruption here, because writes this server acknowledged but had not flushed (new clusters whose
+// BAT entries live in memory until the next FLUSH, as the volatile-cache contract allows) die with
+// it, while the file system's page cache keeps believing them. A dead server's device therefore
+// fails its I/O; `ploop umount` removes it, and the next mount checks the image first, as after a
+// power loss. Where asked for, it is used only with UBLK_F_USER_RECOVERY_FAIL_IO (Linux 6.13+):
+// plain USER_RECOVERY(_REISSUE) makes every writer wait, unkillably, for a server that may never
+// come. Reattach: UblkOptions::recover_id (START_USER_RECOVERY, fetch, END_USER_RECOVERY).
 // Resize: UPDATE_SIZE where the driver has UBLK_F_UPDATE_SIZE (6.16+); elsewhere resize() throws.
 // Errors: ploop::Error(kDevice) with the command, the device id and the kernel's errno.
 #pragma once
@@ -39,7 +41,7 @@ struct UblkOptions {
   unsigned queues = 2;
   unsigned depth = 64;
   int recover_id = -1;   // >= 0: reattach to this device left by a dead server instead of creating one
-  bool recovery = true;  // ask for UBLK_F_USER_RECOVERY(+FAIL_IO) where the kernel has both
+  bool recovery = false;  // ask for UBLK_F_USER_RECOVERY(+FAIL_IO) where the kernel has both (see above)
 };
 
 class UblkDevice {
