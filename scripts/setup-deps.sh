@@ -9,7 +9,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libcli11-dev libpugixml-dev nlohmann-json3-dev libfmt-dev libfuse3-dev
   fuse3 e2fsprogs util-linux iproute2 python3
   qemu-utils libnbd-bin nbdkit fio ploop jq
-  libnl-genl-3-dev qemu-system-x86 busybox-static cpio zstd kmod
+  libnl-genl-3-dev qemu-system-x86 busybox-static cpio xz-utils zstd kmod
 )
 
 missing=()
