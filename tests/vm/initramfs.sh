@@ -22,14 +22,21 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,run,tmp,scratch,lib64,opt/ploop/bin,opt/ploop/tests} \
     "$root/lib/modules/$kver"
 
-# copy_elf FILE... : FILE into the same path under $root, with every library ldd lists
-copy_elf() {
+# copy_libs FILE... : every library ldd lists for FILE, into the same path under $root
+copy_libs() {
     local f lib
     for f in "$@"; do
-        cp -L --parents "$f" "$root/"
         for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true); do
             [ -e "$root$lib" ] || cp -L --parents "$lib" "$root/"
         done
+    done
+}
+# copy_elf FILE... : FILE into the same path under $root, with its libraries
+copy_elf() {
+    local f
+    for f in "$@"; do
+        cp -L --parents "$f" "$root/"
+        copy_libs "$f"
     done
 }
 
@@ -53,8 +60,10 @@ cp -L --parents "$loader" "$root/"
 found=0
 while read -r exe; do
     case $(head -c4 "$exe" | od -An -c | tr -d ' ') in '177ELF') ;; *) continue ;; esac
-    copy_elf "$exe"
-    ln -sf "$exe" "$root/opt/ploop/bin/$(basename "$exe")"
+    # Into /opt/ploop/bin itself, not under the build's path: that may lie below /tmp, which the
+    # VM's init mounts a tmpfs over.
+    cp -L "$exe" "$root/opt/ploop/bin/"
+    copy_libs "$exe"
     found=1
 done < <(find "$build/tools" "$build/kmod-shim" "$build/tests/vm/bin" -maxdepth 3 -type f -perm -u+x \
              -not -path '*/CMakeFiles/*' 2>/dev/null)
