@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Refused mount operations fail cleanly and leave nothing behind: mount of a missing descriptor,
 # onto a regular file, onto a missing directory, of a disk with no file system, with an unknown
-# --device; mounting a mounted disk again (to another directory, to the same one, without -m:
+# --device or one whose kernel module is missing; mounting a mounted disk again (to another
+# directory, to the same one, without -m:
 # refused with exit 17 while the first mount keeps working: same daemon, data readable and
 # writable); umount of a busy file system (refused, still mounted); umount of something not mounted
 # (exit 40); `init -t ext4` with a bad size. Each prints exactly one `ploop: ` line on stderr and
@@ -55,6 +56,9 @@ expect_error "mount onto a regular file" mount -m file "$DD"
 expect_error "mount onto a missing directory" mount -m no-such-dir "$DD"
 expect_error "disk with no file system" mount -m mnt "$NOFS"
 expect_error "unknown --device" mount --device bogus -m mnt "$DD"
+# a front end whose kernel module is missing (the host here has neither)
+[ -e /dev/ublk-control ] || expect_error "--device ublk without ublk_drv" mount --device ublk -m mnt "$DD"
+[ -d /sys/module/nbd ] || expect_error "--device nbd without the nbd module" mount --device nbd -m mnt "$DD"
 [ -z "$(leftovers)" ] || soft_fail "refused mounts left: $(leftovers | tr '\n' '|')"
 [ -z "$("$PLOOP" list)" ] || soft_fail "ploop list after refused mounts: $("$PLOOP" list)"
 ploop_ok check "$NOFS" >/dev/null
