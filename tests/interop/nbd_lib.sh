@@ -33,3 +33,15 @@ stop_server() {
     wait "$pid" || rc=$?
     [ "$rc" -eq 0 ] || { cat "$WORK/serve.log" >&2; soft_fail "ploop serve exited $rc after SIGINT"; }
 }
+# nbd_cleanup : an EXIT trap (`trap nbd_cleanup EXIT`): the server down (SIGINT, 5 s, then
+# SIGKILL), then lib.sh's cleanup
+nbd_cleanup() {
+    set +e
+    if [ -n "$SERVER_PID" ]; then
+        kill -INT "$SERVER_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    cleanup
+}

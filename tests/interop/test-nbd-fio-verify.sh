@@ -11,16 +11,6 @@ PY=python3   # a system python starts faster than a version manager's shim
 fio --enghelp=nbd 2>/dev/null | grep -q uri || skip "this fio has no nbd engine"
 
 source "$(dirname "$0")/nbd_lib.sh"
-nbd_cleanup() {
-    set +e
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
-    cleanup
-}
 trap nbd_cleanup EXIT
 
 mkdir disk

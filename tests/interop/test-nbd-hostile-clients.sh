@@ -18,16 +18,6 @@ PY=python3   # a system python starts faster than a version manager's shim
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
 source "$(dirname "$0")/nbd_lib.sh"
-nbd_cleanup() {
-    set +e
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
-    cleanup
-}
 trap nbd_cleanup EXIT
 
 # rss_kb PID, threads PID, fds PID

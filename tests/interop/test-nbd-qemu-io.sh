@@ -10,16 +10,6 @@ source "$(dirname "$0")/lib.sh"
 need_tool qemu-io qemu-img nbdinfo
 
 source "$(dirname "$0")/nbd_lib.sh"
-nbd_cleanup() {
-    set +e
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
-    cleanup
-}
 trap nbd_cleanup EXIT
 
 # qio DESC COMMANDS... : one qemu-io run on the export; each argument is one -c command
