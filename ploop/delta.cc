@@ -65,8 +65,8 @@ void Delta::load(bool allow_dirty, bool lock) {
   file_->read(hb, kHeaderSize, 0);
   h_ = decode_header(std::span<const uint8_t, kHeaderSize>(hb, kHeaderSize), file_size, name);
 
-  meta_.assign(meta_bytes(h_), 0);
-  file_->read(meta_.data(), meta_.size(), 0);
+  meta_ = ZeroPages(meta_bytes(h_));
+  read_meta();
   dirty_pages_.assign((meta_.size() + kPage - 1) / kPage, false);
 
   const uint64_t cs = h_.cluster_bytes();
@@ -132,6 +132,26 @@ void Delta::load(bool allow_dirty, bool lock) {
   file_->sync();
 }
 
+// Reads the header and BAT pages, except whole pages that the file system reports as reading
+// zeros: a new delta's BAT is allocated but never written, and a sparse disk's BAT is mostly
+// empty pages. Those stay zero, untouched, and are marked so that scans skip them.
+void Delta::read_meta() {
+  const uint64_t n = meta_.size();
+  zero_pages_.assign((n + kPage - 1) / kPage, false);
+  uint64_t pos = 0;  // always a page boundary
+  while (pos < n) {
+    uint64_t data = std::max(std::min(file_->next_data(pos), n), pos);
+    const uint64_t from = data / kPage * kPage;
+    for (uint64_t p = pos / kPage; p < from / kPage; ++p) zero_pages_[p] = true;
+    if (data >= n) break;
+    uint64_t hole = file_->next_hole(data);
+    if (hole <= data || hole > n) hole = n;
+    const uint64_t to = std::min((hole + kPage - 1) / kPage * kPage, n);
+    file_->read(meta_.data() + from, to - from, from);
+    pos = to;
+  }
+}
+
 Header Delta::header() const {
   std::lock_guard lk(mu_);
   return h_;
@@ -151,6 +171,21 @@ uint32_t Delta::cluster_of(uint32_t vc) const {
 
 uint32_t Delta::next_mapped_locked(uint32_t vc) const {
   const uint32_t n = h_.bat_entries;
+  // Page by page (page p holds the entries whose 4 bytes lie in it; entries never straddle
+  // pages, the header being 64 bytes), skipping pages known to be zero.
+  while (vc < n) {
+    const size_t page = (kHeaderSize + 4 * size_t{vc}) / kPage;
+    const auto end = static_cast<uint32_t>(std::min<uint64_t>(n, ((page + 1) * kPage - kHeaderSize) / 4));
+    if (!zero_pages_[page]) {
+      vc = next_mapped_in_locked(vc, end);
+      if (vc < end) return vc;
+    }
+    vc = end;
+  }
+  return n;
+}
+
+uint32_t Delta::next_mapped_in_locked(uint32_t vc, uint32_t n) const {
   // Sixteen, then two entries at a time over runs of empty entries (most of a sparse disk's BAT).
   while (vc < n && (vc & 1)) {
     if (entry_locked(vc)) return vc;
@@ -198,6 +233,26 @@ void Delta::set_entry_locked(uint32_t vc, uint32_t cluster) {
   size_t off = kHeaderSize + 4 * size_t{vc};
   le::store32(&meta_[off], cluster ? cluster_to_bat_entry(h_, cluster) : 0);
   dirty_pages_[off / kPage] = true;
+  zero_pages_[off / kPage] = false;
+}
+
+void Delta::for_each_bat_piece(const std::function<void(std::span<const uint8_t>)>& fn) const {
+  static const AlignedBytes zeros(kPage, 0);
+  std::lock_guard lk(mu_);
+  const size_t end = kHeaderSize + 4 * size_t{h_.bat_entries};
+  size_t pos = kHeaderSize;
+  while (pos < end) {
+    const size_t page = pos / kPage, stop = std::min(end, (page + 1) * kPage);
+    if (zero_pages_[page]) {
+      fn(std::span<const uint8_t>(zeros.data(), stop - pos));
+      pos = stop;
+      continue;
+    }
+    size_t run = stop;  // through the following pages that are not known zero, in one piece
+    while (run < end && !zero_pages_[run / kPage]) run = std::min(end, run + kPage);
+    fn(std::span<const uint8_t>(meta_.data() + pos, run - pos));
+    pos = run;
+  }
 }
 
 void Delta::store_header_locked() {
@@ -267,8 +322,7 @@ void Delta::flush() {
     for (size_t p = 0; p < dirty_pages_.size(); ++p) {
       if (!dirty_pages_[p]) continue;
       size_t n = std::min(kPage, meta_.size() - p * kPage);
-      pages.emplace_back(p, AlignedBytes(meta_.begin() + static_cast<ptrdiff_t>(p * kPage),
-                                         meta_.begin() + static_cast<ptrdiff_t>(p * kPage + n)));
+      pages.emplace_back(p, AlignedBytes(meta_.data() + p * kPage, meta_.data() + p * kPage + n));
       dirty_pages_[p] = false;
     }
     released.swap(pending_free_);
@@ -358,7 +412,8 @@ void Delta::resize(uint64_t new_size_bytes) {
   if (mapped_ == 0) nh.flags |= kFlagEmpty;
   nh.first_block_sectors = std::max(nh.first_block_sectors, h_.first_block_sectors);
   h_ = nh;
-  meta_.resize(meta_bytes(h_), 0);
+  meta_.resize(meta_bytes(h_));
+  zero_pages_.assign((meta_.size() + kPage - 1) / kPage, false);
   // Entries past the new end are zero (checked above for shrink; new for grow).
   for (size_t off = kHeaderSize + 4 * size_t{h_.bat_entries}; off < meta_.size(); off += 4) le::store32(&meta_[off], 0);
   store_header_locked();

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -64,13 +65,10 @@ class Delta {
   std::vector<uint32_t> clusters() const;
   // (virtual cluster, file cluster) of every mapped entry, in virtual order; skips empty runs fast.
   std::vector<std::pair<uint32_t, uint32_t>> mapped() const;
-  // Calls fn with the BAT entries exactly as stored on disk (4 bytes each, little-endian), under
-  // the delta's lock: fn must not call back into this delta.
-  template <class Fn>
-  auto with_bat(Fn&& fn) const {
-    std::lock_guard lk(mu_);
-    return fn(std::span<const uint8_t>(meta_.data() + kHeaderSize, 4 * size_t{h_.bat_entries}));
-  }
+  // Calls fn, in order, with consecutive pieces of the BAT entries exactly as stored on disk
+  // (4 bytes each, little-endian), under the delta's lock: fn must not call back into this delta.
+  // Pages known to read as zeros come as a shared zero buffer, so their memory stays untouched.
+  void for_each_bat_piece(const std::function<void(std::span<const uint8_t>)>& fn) const;
 
   // --- read-write deltas only ---
   // Reserves a free file cluster. The caller writes it in full, then calls map() or abandon().
@@ -92,9 +90,11 @@ class Delta {
  private:
   Delta(std::unique_ptr<File> file, bool writable);
   void load(bool allow_dirty, bool lock);
+  void read_meta();
   void move_cluster(uint32_t from, uint32_t to, uint32_t vc);
   uint32_t entry_locked(uint32_t vc) const;
   uint32_t next_mapped_locked(uint32_t vc) const;  // first mapped entry >= vc, or bat_entries
+  uint32_t next_mapped_in_locked(uint32_t vc, uint32_t end) const;  // the same in [vc, end), or end
   void set_entry_locked(uint32_t vc, uint32_t cluster);
   void store_header_locked();
   void write_page(size_t page, const uint8_t* bytes);
@@ -105,8 +105,12 @@ class Delta {
   Header h_;
 
   mutable std::mutex mu_;            // guards everything below
-  AlignedBytes meta_;                // header + BAT, whole pages, as on disk
+  ZeroPages meta_;                   // header + BAT, whole pages, as on disk
   std::vector<bool> dirty_pages_;    // 4 KiB pages of meta_ not yet written
+  // 4 KiB pages of meta_ that read as zeros and were never touched (the file system reported
+  // them as holes or unwritten space at open): scans skip them. Cleared when an entry in the page
+  // is set. A hint only: the memory of such a page reads as zeros too.
+  std::vector<bool> zero_pages_;
   std::vector<bool> used_;           // per file cluster: referenced by the BAT or reserved
   std::set<uint32_t> free_;          // reusable clusters below tail_, lowest first
   std::vector<uint32_t> pending_free_;  // released; reusable after the next flush

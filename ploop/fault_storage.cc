@@ -83,6 +83,26 @@ class FaultFile final : public File {
     return st_->current.size();
   }
 
+  // Exact: the first non-zero byte (the model has no holes, only bytes, so zeros are "no data").
+  uint64_t next_data(uint64_t off) override {
+    std::lock_guard lk(s_.mu_);
+    if (s_.dead_ || gen_ != s_.generation_) throw PowerLost();
+    const auto& cur = st_->current;
+    for (uint64_t i = off; i < cur.size(); ++i) {
+      if (cur[i]) return i;
+    }
+    return kNoData;
+  }
+
+  uint64_t next_hole(uint64_t off) override {
+    std::lock_guard lk(s_.mu_);
+    if (s_.dead_ || gen_ != s_.generation_) throw PowerLost();
+    const auto& cur = st_->current;
+    uint64_t i = off;
+    while (i < cur.size() && cur[i]) ++i;
+    return i;
+  }
+
   void truncate(uint64_t size) override {
     std::lock_guard lk(s_.mu_);
     check(FaultOp::kTruncate, size, 0);

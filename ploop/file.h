@@ -29,6 +29,16 @@ class File {
   // Allocates [offset, offset+len) as zeros (extending the file if needed) without writing them
   // where the file system can (fallocate); the default writes zeros.
   virtual void preallocate(uint64_t offset, uint64_t len);
+  // The first offset at or after `offset` whose bytes may not read as zeros (the file system's
+  // SEEK_DATA: holes, and space allocated but never written, read as zeros), or kNoData if every
+  // byte from `offset` on reads as zeros. A file that cannot tell returns `offset`: everything
+  // may be data. A hint that lets readers skip ranges known to be zero; never needed for
+  // correctness.
+  static constexpr uint64_t kNoData = UINT64_MAX;
+  virtual uint64_t next_data(uint64_t offset) { return offset; }
+  // The end of the range that next_data() found: the first offset after `offset` from which the
+  // file may read as zeros (SEEK_HOLE), at most the file size. The default: the file size.
+  virtual uint64_t next_hole(uint64_t /*offset*/) { return size(); }
   // A hint that [offset, offset+len) will be read soon (start reading it ahead); may do nothing.
   virtual void will_need(uint64_t /*offset*/, uint64_t /*len*/) {}
   // Copies `len` bytes of `src` at `src_offset` to this file at `offset`. The default reads and

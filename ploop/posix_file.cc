@@ -181,6 +181,18 @@ class PosixFile final : public File {
 
   int fd() const override { return fd_; }
 
+  uint64_t next_data(uint64_t off) override {
+    off_t r = ::lseek(fd_, static_cast<off_t>(off), SEEK_DATA);
+    if (r >= 0) return static_cast<uint64_t>(r);
+    if (errno == ENXIO) return kNoData;  // only holes (or unwritten space) from `off` to the end
+    return off;                          // cannot tell (no SEEK_DATA here): everything may be data
+  }
+
+  uint64_t next_hole(uint64_t off) override {
+    off_t r = ::lseek(fd_, static_cast<off_t>(off), SEEK_HOLE);
+    return r >= 0 ? static_cast<uint64_t>(r) : size();
+  }
+
   void will_need(uint64_t off, uint64_t len) override {
     if (!direct_) ::posix_fadvise(fd_, static_cast<off_t>(off), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
   }

@@ -22,7 +22,13 @@ void put128(uint8_t* p, XXH128_hash_t h) {
 
 // XXH3-128 of the delta's BAT entries as stored on disk.
 XXH128_hash_t bat_hash(const Delta& d) {
-  return d.with_bat([](std::span<const uint8_t> bat) { return XXH3_128bits(bat.data(), bat.size()); });
+  // Streamed in pieces (the same hash as one call over the whole BAT), so that pages of the BAT
+  // known to be zero need not be touched.
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> st(XXH3_createState(), XXH3_freeState);
+  if (!st) throw std::bad_alloc();
+  XXH3_128bits_reset(st.get());
+  d.for_each_bat_piece([&](std::span<const uint8_t> piece) { XXH3_128bits_update(st.get(), piece.data(), piece.size()); });
+  return XXH3_128bits_digest(st.get());
 }
 
 std::vector<uint8_t> read_all(Storage& st, const std::string& path) {

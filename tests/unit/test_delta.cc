@@ -78,6 +78,66 @@ TEST(Delta, MapIsDurableOnlyAfterFlushAndTailIsTruncatedOnClose) {
   EXPECT_EQ(header_u32(fs, "img", 52) & kFlagEmpty, 0u);
 }
 
+namespace {
+
+// The BAT as Delta hands it out, piece by piece, joined.
+std::vector<uint8_t> bat_pieces(const Delta& d) {
+  std::vector<uint8_t> out;
+  d.for_each_bat_piece([&](std::span<const uint8_t> p) { out.insert(out.end(), p.begin(), p.end()); });
+  return out;
+}
+
+// Writes a cluster of `fill` bytes and maps virtual cluster `vc` to it.
+void put(Delta& d, uint32_t vc, uint8_t fill) {
+  std::vector<uint8_t> data(d.cluster_bytes(), fill);
+  uint32_t c = d.allocate();
+  d.file().write(data.data(), data.size(), c * d.cluster_bytes());
+  d.map(vc, c);
+}
+
+void expect_bat_is_the_file(const Delta& d, const std::vector<uint8_t>& file) {
+  std::vector<uint8_t> want(file.begin() + kHeaderSize, file.begin() + kHeaderSize + 4 * size_t{d.bat_entries()});
+  EXPECT_EQ(bat_pieces(d), want);
+}
+
+}  // namespace
+
+// A BAT of several pages, most of them never written (a new delta's BAT is allocated, not
+// written): the pages the file system reports as zeros are not read, and nothing is lost.
+TEST(Delta, BatPagesThatReadAsZerosAreSkippedButNeverLost) {
+  for (bool real : {true, false}) {
+    SCOPED_TRACE(real ? "posix storage (SEEK_DATA)" : "fault storage");
+    testutil::TempDir dir;
+    auto posix = make_posix_storage();
+    FaultStorage fs;
+    Storage& st = real ? static_cast<Storage&>(*posix) : fs;
+    const std::string img = dir / "img";
+    Delta::create_closed(st, img, uint64_t{8} << 30, 2048);  // 8 Ki entries, 1 MiB clusters: 9 pages
+    {
+      auto d = Delta::open(st, img, OpenMode::kReadOnly);
+      EXPECT_TRUE(d->mapped().empty());
+      expect_bat_is_the_file(*d, real ? testutil::read_file(img) : fs.contents(img));
+    }
+    {
+      auto d = Delta::open(st, img, OpenMode::kReadWrite);
+      put(*d, 10, 1);    // page 0
+      put(*d, 5000, 2);  // page 4
+      d->close();
+    }
+    auto d = Delta::open(st, img, OpenMode::kReadWrite);
+    std::vector<std::pair<uint32_t, uint32_t>> want{{10, 1}, {5000, 2}};
+    EXPECT_EQ(d->mapped(), want);
+    EXPECT_EQ(d->cluster_of(7000), 0u);
+    put(*d, 7000, 3);  // page 6, still untouched in memory: set, it must be found by scans
+    want.emplace_back(7000, 3);
+    EXPECT_EQ(d->mapped(), want);
+    d->close();
+    d = Delta::open(st, img, OpenMode::kReadOnly);
+    EXPECT_EQ(d->mapped(), want);
+    expect_bat_is_the_file(*d, real ? testutil::read_file(img) : fs.contents(img));
+  }
+}
+
 TEST(Delta, ReleasedClusterIsReusedOnlyAfterFlush) {
   FaultStorage fs;
   Delta::create(fs, "img", 1 << 20, kCs)->close();
