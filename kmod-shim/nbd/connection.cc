@@ -304,7 +304,12 @@ void Connection::serve() {
   // the connection ends.
   timeval stv{5, 0};
   setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
-  if (ok) transmission();
+  if (!ok) return;
+  try {
+    transmission();
+  } catch (const std::exception& x) {  // e.g. no io_uring could be set up: this connection only
+    std::fprintf(stderr, "nbd: connection ended: %s\n", x.what());
+  }
 }
 
 void Connection::transmission() {
