@@ -16,8 +16,8 @@
 # part of the disk), SCRATCH (directory to create the files in; default a new directory under
 # bench/, on the repository's filesystem), VERIFY=0 skips the final data check of our server.
 #
-# Why several connections for random I/O: `ploop serve` executes at most 8 requests of one
-# connection at once (docs/cli.md, serve), qemu-nbd 16, nbdkit 16 (its thread count); a single
+# Why several connections for random I/O: `ploop serve` and qemu-nbd execute at most 16 requests
+# of one connection at once (docs/cli.md, serve), nbdkit 16 (its thread count); a single
 # connection at QD32 would compare those limits rather than the servers. 4 connections x QD 8 gives
 # every server the same 32 requests to work on.
 #

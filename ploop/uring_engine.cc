@@ -1,5 +1,6 @@
 #include "ploop/uring_engine.h"
 
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -12,7 +13,16 @@
 namespace ploop {
 namespace {
 
-constexpr uint64_t kEventTag = 1;  // user_data of the eventfd read; requests are pointers
+// user_data of the engine's own operations; requests are pointers (never this small)
+constexpr uint64_t kEventTag = 1;   // the eventfd read that wakes poll() for worker completions
+constexpr uint64_t kWatchTag = 2;   // the poll of a watched descriptor, + direction (2, 3)
+constexpr uint64_t kCancelTag = 4;  // the removal of such a poll, or its timeout
+
+// O_DIRECT needs sector-aligned offsets and lengths and an aligned buffer; anything else goes
+// through File, which bounces it. (A device with larger sectors answers EINVAL: see poll().)
+bool direct_ok(const void* buf, uint64_t off, uint32_t len) {
+  return ((off | len | reinterpret_cast<uintptr_t>(buf)) & 511) == 0;
+}
 
 int errno_of(const std::exception_ptr& e) {
   try {
@@ -57,6 +67,7 @@ UringEngine::UringEngine(Stack& stack, unsigned depth) : stack_(stack) {
 }
 
 UringEngine::~UringEngine() {
+  unwatch();
   while (in_flight_) poll(true);
   {
     std::lock_guard lk(mu_);
@@ -86,9 +97,9 @@ void UringEngine::arm_eventfd() {
 void UringEngine::read(void* buf, uint64_t off, uint32_t len, Done done) {
   ++in_flight_;
   auto* r = new Request{{}, {}, static_cast<uint8_t*>(buf), false, 0, 0, std::move(done)};
-  bool mapped;
+  bool mapped = false;
   try {
-    mapped = stack_.map_read(off, len, r->map);
+    mapped = direct_ok(buf, off, len) && stack_.map_read(off, len, r->map);
   } catch (...) {
     done_.emplace_back(std::move(r->done), errno_of(std::current_exception()));
     delete r;
@@ -106,7 +117,7 @@ void UringEngine::write(const void* buf, uint64_t off, uint32_t len, bool fua, D
   auto* r = new Request{{}, {}, static_cast<uint8_t*>(const_cast<void*>(buf)), true, 0, 0, std::move(done)};
   bool mapped = false;
   try {
-    mapped = !fua && stack_.map_write(off, len, r->map);
+    mapped = !fua && direct_ok(buf, off, len) && stack_.map_write(off, len, r->map);
   } catch (...) {
     done_.emplace_back(std::move(r->done), errno_of(std::current_exception()));
     delete r;
@@ -149,10 +160,19 @@ void UringEngine::submit_mapped(Request* r, bool is_write) {
     io_uring_sqe_set_data(s, &r->ios.back());
     ++r->remaining;
   }
-  if (r->remaining == 0) {
-    finish(r);
-  } else {
-    io_uring_submit(&ring_);
+  if (r->remaining == 0) finish(r);  // else submitted with the batch at the next poll()
+}
+
+void UringEngine::redo_sync(Request* r, const Stack::Piece& p, uint32_t done) {
+  try {
+    uint8_t* b = r->buf + p.buf_offset + done;
+    if (r->is_write) {
+      p.file->write(b, p.length - done, p.file_offset + done);
+    } else {
+      p.file->read(b, p.length - done, p.file_offset + done);
+    }
+  } catch (...) {
+    r->err = errno_of(std::current_exception());
   }
 }
 
@@ -169,6 +189,35 @@ void UringEngine::to_worker(std::function<void()> op, Done done) {
     jobs_.emplace_back(std::move(op), std::move(done));
   }
   cv_.notify_one();
+}
+
+void UringEngine::run(std::function<void()> op, Done done) { to_worker(std::move(op), std::move(done)); }
+
+void UringEngine::watch(int fd, Direction dir, Done done, unsigned timeout_ms) {
+  ++in_flight_;
+  watch_done_[dir] = std::move(done);
+  watching_[dir] = true;
+  if (timeout_ms && io_uring_sq_space_left(&ring_) < 2) io_uring_submit(&ring_);  // the pair stays linked
+  io_uring_sqe* s = sqe();
+  io_uring_prep_poll_add(s, fd, dir == kReadable ? POLLIN : POLLOUT);
+  io_uring_sqe_set_data64(s, kWatchTag + dir);
+  if (timeout_ms) {
+    s->flags |= IOSQE_IO_LINK;
+    watch_timeout_[dir].tv_sec = timeout_ms / 1000;
+    watch_timeout_[dir].tv_nsec = (timeout_ms % 1000) * 1000000ll;
+    io_uring_sqe* t = sqe();
+    io_uring_prep_link_timeout(t, &watch_timeout_[dir], 0);
+    io_uring_sqe_set_data64(t, kCancelTag);
+  }
+}
+
+void UringEngine::unwatch() {
+  for (int dir : {kReadable, kWritable}) {
+    if (!watching_[dir]) continue;
+    io_uring_sqe* s = sqe();
+    io_uring_prep_poll_remove(s, kWatchTag + dir);
+    io_uring_sqe_set_data64(s, kCancelTag);
+  }
 }
 
 void UringEngine::flush(Done done) {
@@ -219,39 +268,41 @@ size_t UringEngine::poll(bool wait) {
     do {
       rc = io_uring_submit_and_wait(&ring_, 1);
     } while (rc == -EINTR);
+  } else if (io_uring_sq_ready(&ring_)) {
+    io_uring_submit(&ring_);
   }
   unsigned head, seen = 0;
   io_uring_cqe* cqe;
   io_uring_for_each_cqe(&ring_, head, cqe) {
     ++seen;
-    if (io_uring_cqe_get_data64(cqe) == kEventTag) {
+    const uint64_t tag = io_uring_cqe_get_data64(cqe);
+    if (tag == kEventTag) {
       arm_eventfd();
+      continue;
+    }
+    if (tag == kCancelTag) continue;
+    if (tag == kWatchTag || tag == kWatchTag + 1) {
+      const auto dir = static_cast<size_t>(tag - kWatchTag);
+      watching_[dir] = false;
+      done_.emplace_back(std::move(watch_done_[dir]), cqe->res < 0 ? -cqe->res : 0);
       continue;
     }
     auto* io = static_cast<Request::Io*>(io_uring_cqe_get_data(cqe));
     Request* r = io->r;
     const Stack::Piece& p = *io->piece;
-    if (cqe->res < 0) {
+    if (cqe->res == -EINVAL) {
+      redo_sync(r, p, 0);  // alignment the device refuses for O_DIRECT: File bounces it
+    } else if (cqe->res < 0) {
       r->err = -cqe->res;
     } else if (static_cast<uint32_t>(cqe->res) < p.length) {
       // A short transfer (end of file, or a partial completion): finish the rest synchronously;
       // File::read zero-fills past end of file.
-      auto done = static_cast<uint32_t>(cqe->res);
-      try {
-        uint8_t* b = r->buf + p.buf_offset + done;
-        if (r->is_write) {
-          p.file->write(b, p.length - done, p.file_offset + done);
-        } else {
-          p.file->read(b, p.length - done, p.file_offset + done);
-        }
-      } catch (...) {
-        r->err = errno_of(std::current_exception());
-      }
+      redo_sync(r, p, static_cast<uint32_t>(cqe->res));
     }
     if (--r->remaining == 0) finish(r);
   }
   io_uring_cq_advance(&ring_, seen);
-  if (seen) io_uring_submit(&ring_);
+  if (io_uring_sq_ready(&ring_)) io_uring_submit(&ring_);  // re-armed eventfd read
   {
     std::lock_guard lk(mu_);
     while (!worker_done_.empty()) {

@@ -8,6 +8,10 @@
 // thread through the Stack's synchronous calls, so the owner thread never blocks on a cluster lock.
 // Ordering: requests in flight together may complete in any order, as on any block device; a
 // flush covers every write whose callback ran before the flush was submitted.
+// Submissions are batched: requests queued by the calls below reach the kernel at the next
+// poll() (or earlier when the submission queue fills), so a burst costs one system call.
+// A server can also wait for a file descriptor of its own (watch()) in the same poll(), so one
+// thread serves both its socket and its I/O without further wake-ups.
 #pragma once
 
 #include <liburing.h>
@@ -38,6 +42,15 @@ class UringEngine {
   void flush(Done done);
   void discard(uint64_t offset, uint64_t len, Done done);
   void write_zeroes(uint64_t offset, uint64_t len, bool fua, Done done);
+  // Runs `op` (Stack calls that may block) on the worker thread; `done` gets its errno.
+  void run(std::function<void()> op, Done done);
+
+  // One-shot: `done(0)` runs in a later poll() once `fd` is ready for `dir` (or has hung up or
+  // failed). With a timeout, done(ECANCELED) if it is not ready in that time; also after
+  // unwatch(). At most one watch per direction at a time; each counts as in flight.
+  enum Direction { kReadable = 0, kWritable = 1 };
+  void watch(int fd, Direction dir, Done done, unsigned timeout_ms = 0);
+  void unwatch();
 
   // Runs the callbacks of completed requests; with `wait`, first waits until at least one request
   // completes (returns at once if nothing is in flight). Returns how many callbacks ran.
@@ -47,6 +60,7 @@ class UringEngine {
  private:
   struct Request;
   void submit_mapped(Request* r, bool is_write);
+  void redo_sync(Request* r, const Stack::Piece& p, uint32_t done);
   void to_worker(std::function<void()> op, Done done);
   void finish(Request* r);
   void worker_loop();
@@ -58,7 +72,9 @@ class UringEngine {
   int efd_ = -1;
   uint64_t efd_buf_ = 0;
   size_t in_flight_ = 0;
-  size_t ready_ = 0;  // callbacks ready to run in the next poll
+  Done watch_done_[2];
+  bool watching_[2] = {false, false};
+  __kernel_timespec watch_timeout_[2]{};
   std::deque<std::pair<Done, int>> done_;  // completed by the worker
 
   std::mutex mu_;

@@ -34,25 +34,33 @@ bool read_exact(int fd, void* buf, size_t n) {
   return true;
 }
 
-uint32_t wire_errno(const std::exception_ptr& e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const ploop::Error& x) {
-    if (x.sys_errno() == ENOSPC) return kENoSpc;
-    if (x.code() == ploop::Exit::kParam) return kEInval;
-    return kEIo;
-  } catch (const std::bad_alloc&) {
-    return kENoMem;
-  } catch (...) {
-    return kEIo;
+// The protocol's error for an errno from the engine (EINVAL for a bad range, ENOSPC, EIO, ...).
+uint32_t wire_errno(int err) {
+  switch (err) {
+    case ENOSPC: return kENoSpc;
+    case EINVAL: return kEInval;
+    case ENOMEM: return kENoMem;
+    case EPERM: return kEPerm;
+    default: return kEIo;
   }
 }
 
+constexpr size_t kRxBytes = 64 << 10;  // one receive: many request headers, or small writes
+
 }  // namespace
 
-Connection::Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
-                       MemoryBudget& budget, Phase start)
-    : fd_(fd), stack_(stack), opts_(opts), pool_(pool), stats_(stats), budget_(budget), start_(start) {
+struct Connection::Request {
+  uint16_t type, flags;
+  uint64_t cookie, offset;
+  uint32_t len;
+  uint64_t cost;               // memory budget held
+  ploop::PageBuffer data;      // write payload, or read buffer
+  std::vector<uint8_t> extra;  // block status descriptors
+};
+
+Connection::Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, Stats& stats, MemoryBudget& budget,
+                       Phase start)
+    : fd_(fd), stack_(stack), opts_(opts), stats_(stats), budget_(budget), start_(start) {
   if (stack_.writable() == false) opts_.read_only = true;
 }
 
@@ -292,64 +300,129 @@ void Connection::serve() {
     tv = {0, 0};
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
-  // A client that stops reading its replies must not hold the shared workers: a reply that cannot
-  // be sent for 5 s ends the connection.
+  // A client that stops reading its replies stalls only itself, and only for 5 s per reply: then
+  // the connection ends.
   timeval stv{5, 0};
   setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
-  if (ok) transmission();
-  std::unique_lock lk(flight_mu_);
-  flight_cv_.wait(lk, [&] { return in_flight_ == 0; });
-}
-
-void Connection::transmission() {
-  for (;;) {
-    uint8_t h[28];
-    if (broken_ || !read_exact(fd_, h, sizeof h)) return;
-    if (be::load32(h) != kRequestMagic) return;  // unparseable from here on
-    uint16_t flags = be::load16(h + 4), type = be::load16(h + 6);
-    uint64_t cookie = be::load64(h + 8), offset = be::load64(h + 16);
-    uint32_t len = be::load32(h + 24);
-    ploop::PageBuffer payload;
-    // Memory this request will hold: its write data, or its read buffer (bounded by max_payload).
-    uint64_t cost = (type == kCmdWrite || type == kCmdRead) ? std::min(len, opts_.max_payload) : 0;
-    if (type == kCmdWrite && len > opts_.max_payload) return;  // cannot be skipped safely without reading it all
-    budget_.take(cost);
-    if (type == kCmdWrite) {
-      payload = ploop::PageBuffer(len);
-      if (len && !read_exact(fd_, payload.data(), len)) {
-        budget_.give(cost);
-        return;
-      }
-    }
-    if (type == kCmdDisc) {
-      budget_.give(cost);
-      return;
-    }
-    {
-      std::unique_lock lk(flight_mu_);
-      flight_cv_.wait(lk, [&] { return in_flight_ < opts_.max_in_flight; });
-      ++in_flight_;
-    }
-    // std::function needs a copyable job: the buffer travels in a shared_ptr.
-    auto p = std::make_shared<ploop::PageBuffer>(std::move(payload));
-    pool_.submit([this, type, flags, cookie, offset, len, cost, p] {
-      execute(type, flags, cookie, offset, len, std::move(*p));
-      budget_.give(cost);
-      std::lock_guard lk(flight_mu_);
-      --in_flight_;
-      flight_cv_.notify_all();
-    });
+  if (!ok) return;
+  try {
+    transmission();
+  } catch (const std::exception& x) {  // e.g. no io_uring could be set up: this connection only
+    std::fprintf(stderr, "nbd: connection ended: %s\n", x.what());
   }
 }
 
-void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_t offset, uint32_t len,
-                         ploop::PageBuffer payload) {
+void Connection::transmission() {
+  ploop::UringEngine engine(stack_, opts_.max_in_flight + 2);
+  engine_ = &engine;
+  rx_ = ploop::PageBuffer(kRxBytes);
+  bool readable = true, writable = true, watch_in = false, watch_out = false, end = false, ending = false;
+  constexpr unsigned kStallMs = 5000;  // a client that reads none of its replies for this long is cut
+  for (;;) {
+    engine.poll(false);  // queues replies for whatever has completed
+    if (writable) writable = flush_out(false);
+    while (!end && readable && !broken_ && in_flight_ < opts_.max_in_flight) {
+      Step st = receive();
+      if (st == Step::kEnd) end = true;
+      if (st == Step::kNoHeader) readable = false;
+      if (st == Step::kWaitMemory) break;  // our own requests will give memory back
+    }
+    if (writable) writable = flush_out(false);  // replies given at once (errors, cache, status)
+    if (end || broken_) break;
+    if (!readable && !watch_in) {
+      watch_in = true;
+      engine.watch(fd_, ploop::UringEngine::kReadable, [&](int) {
+        watch_in = false;
+        readable = true;
+      });
+    }
+    if (!writable && !watch_out) {
+      watch_out = true;
+      engine.watch(
+          fd_, ploop::UringEngine::kWritable,
+          [&](int err) {
+            watch_out = false;
+            writable = true;
+            if (err && !ending) {  // no progress for kStallMs
+              std::fprintf(stderr, "nbd: client read no reply for %u s; disconnecting\n", kStallMs / 1000);
+              shutdown();
+            }
+          },
+          kStallMs);
+    }
+    engine.poll(true);  // a completion, the socket has more, or it has room again
+  }
+  // Answer what is in flight (a client that sent DISC may still read them), then stop.
+  ending = true;
+  engine.unwatch();
+  while (engine.in_flight()) engine.poll(true);
+  flush_out(true);
+  engine_ = nullptr;
+}
+
+Connection::Step Connection::receive() {
+  constexpr size_t kHeader = 28;
+  if (rx_end_ - rx_begin_ < kHeader) {
+    if (rx_begin_) {
+      std::memmove(rx_.data(), rx_.data() + rx_begin_, rx_end_ - rx_begin_);
+      rx_end_ -= rx_begin_;
+      rx_begin_ = 0;
+    }
+    ssize_t r = ::recv(fd_, rx_.data() + rx_end_, rx_.size() - rx_end_, MSG_DONTWAIT);
+    if (r > 0) {
+      rx_end_ += static_cast<size_t>(r);
+      return Step::kNext;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Step::kNoHeader;
+    if (r < 0 && errno == EINTR) return Step::kNext;
+    return Step::kEnd;  // the client has gone, or the socket failed
+  }
+  const uint8_t* h = rx_.data() + rx_begin_;
+  if (be::load32(h) != kRequestMagic) return Step::kEnd;  // unparseable from here on
+  auto* r = new Request{be::load16(h + 6), be::load16(h + 4), be::load64(h + 8), be::load64(h + 16), be::load32(h + 24), 0, {}, {}};
+  std::unique_ptr<Request> own(r);
+  if (r->type == kCmdWrite && r->len > opts_.max_payload) return Step::kEnd;  // cannot be skipped without reading it all
+  // Memory this request will hold: its write data, or its read buffer (bounded by max_payload).
+  if (r->type == kCmdWrite || r->type == kCmdRead) r->cost = std::min(r->len, opts_.max_payload);
+  if (in_flight_ && bytes_in_flight_ + r->cost > opts_.max_bytes_in_flight) return Step::kWaitMemory;
+  if (!budget_.try_take(r->cost)) {
+    if (in_flight_) return Step::kWaitMemory;  // the header stays in rx_ for the next try
+    budget_.take(r->cost);                     // other connections will give it back
+  }
+  rx_begin_ += kHeader;
+  bytes_in_flight_ += r->cost;
+  if (r->type == kCmdWrite) {
+    r->data = buffers_.get(r->len);
+    size_t have = std::min<size_t>(r->len, rx_end_ - rx_begin_);
+    if (have) std::memcpy(r->data.data(), rx_.data() + rx_begin_, have);
+    rx_begin_ += have;
+    if (have < r->len && !read_exact(fd_, r->data.data() + have, r->len - have)) {
+      ++in_flight_;
+      finish(own.release());
+      return Step::kEnd;
+    }
+  }
+  if (rx_begin_ == rx_end_) rx_begin_ = rx_end_ = 0;
+  ++in_flight_;  // until its reply has been sent
+  if (r->type == kCmdDisc) {
+    finish(own.release());
+    return Step::kEnd;
+  }
+  start(own.release());
+  return Step::kNext;
+}
+
+// Validates a request and either answers it at once or hands it to the engine; complete() sends
+// the reply when the engine is done.
+void Connection::start(Request* r) {
   const uint64_t size = stack_.size();
-  const bool in_range = offset <= size && len <= size - offset;
+  const bool in_range = r->offset <= size && r->len <= size - r->offset;
   const uint16_t known = kCmdFlagFua | kCmdFlagNoHole | kCmdFlagDf | kCmdFlagReqOne | kCmdFlagFastZero;
+  const uint16_t type = r->type, flags = r->flags;
+  const uint64_t off = r->offset, len = r->len;
   auto fail = [&](uint32_t e) {
     ++stats_.errors;
-    reply_error(cookie, e);
+    reply_error(r, e);
   };
   if (flags & ~known) return fail(kEInval);
   if ((flags & kCmdFlagDf) && (type != kCmdRead || !structured_)) return fail(kEInval);
@@ -357,46 +430,48 @@ void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_
   if ((flags & kCmdFlagReqOne) && type != kCmdBlockStatus) return fail(kEInval);
   const bool writes = type == kCmdWrite || type == kCmdTrim || type == kCmdWriteZeroes;
   if (writes && opts_.read_only) return fail(kEPerm);
+  auto done = [this, r](int err) { complete(r, err); };
+  const bool fua = flags & kCmdFlagFua;
+  bool handed = false;  // the engine owns the request (its callback will complete it)
+  auto hand = [&] { handed = true; };
   try {
     switch (type) {
-      case kCmdRead: {
-        if (len == 0 || len > opts_.max_payload) return fail(kEInval);
-        if (!in_range) return fail(kEInval);
-        ploop::PageBuffer buf(len);  // aligned: O_DIRECT reads land in it without a bounce
-        stack_.read(buf.data(), offset, len);
-        ++stats_.reads;
-        stats_.bytes_read += len;
-        return reply_read(cookie, offset, buf.data(), len);
-      }
+      case kCmdRead:
+        if (len == 0 || len > opts_.max_payload || !in_range) return fail(kEInval);
+        r->data = buffers_.get(len);  // aligned: O_DIRECT reads land in it without a bounce
+        hand();
+        return engine_->read(r->data.data(), off, r->len, done);
       case kCmdWrite:
         if (!in_range) return fail(kENoSpc);
-        stack_.write(payload.data(), offset, len, flags & kCmdFlagFua);
-        ++stats_.writes;
-        stats_.bytes_written += len;
-        return reply_simple(cookie, 0, nullptr, 0);
+        hand();
+        return engine_->write(r->data.data(), off, r->len, fua, done);
       case kCmdFlush:
-        stack_.flush();
-        ++stats_.flushes;
-        return reply_simple(cookie, 0, nullptr, 0);
+        hand();
+        return engine_->flush(done);
       case kCmdTrim:
         if (!in_range) return fail(kENoSpc);
-        stack_.discard(offset, len);
-        if (flags & kCmdFlagFua) stack_.flush();
-        ++stats_.trims;
-        return reply_simple(cookie, 0, nullptr, 0);
-      case kCmdWriteZeroes:
+        hand();
+        return engine_->run(
+            [this, off, len, fua] {
+              stack_.discard(off, len);
+              if (fua) stack_.flush();
+            },
+            done);
+      case kCmdWriteZeroes: {
         if (!in_range) return fail(kENoSpc);
-        if ((flags & kCmdFlagFastZero) && !stack_.zeroes_are_fast(offset, len)) return fail(kENotSup);
-        stack_.write_zeroes(offset, len, flags & kCmdFlagFua, !(flags & kCmdFlagNoHole));
-        ++stats_.zeroes;
-        return reply_simple(cookie, 0, nullptr, 0);
+        if ((flags & kCmdFlagFastZero) && !stack_.zeroes_are_fast(off, len)) return fail(kENotSup);
+        const bool may_unmap = !(flags & kCmdFlagNoHole);
+        hand();
+        return engine_->run([this, off, len, fua, may_unmap] { stack_.write_zeroes(off, len, fua, may_unmap); },
+                            done);
+      }
       case kCmdCache:
         if (!in_range) return fail(kEInval);
-        return reply_simple(cookie, 0, nullptr, 0);  // reads go to the files' own cache; nothing to do
+        return reply_simple(r, 0);  // reads go to the files' own cache; nothing to do
       case kCmdBlockStatus: {
         if (!base_allocation_ || len == 0 || !in_range) return fail(kEInval);
         std::vector<uint8_t> desc;
-        uint64_t pos = offset, end = offset + len;
+        uint64_t pos = off, end = off + len;
         while (pos < end && desc.size() < 8 * 1024) {
           ploop::Stack::Extent e = stack_.status(pos, end - pos);
           uint8_t one[8];
@@ -407,68 +482,152 @@ void Connection::execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_
           if (flags & kCmdFlagReqOne) break;
         }
         ++stats_.block_status;
-        return reply_block_status(cookie, desc);
+        r->extra = std::move(desc);
+        return reply_block_status(r);
       }
       default:
         return fail(kEInval);
     }
-  } catch (...) {
-    uint32_t e = wire_errno(std::current_exception());
-    try {
-      std::rethrow_exception(std::current_exception());
-    } catch (const std::exception& x) {
-      std::fprintf(stderr, "nbd: request type %u at offset %llu: %s\n", type, static_cast<unsigned long long>(offset), x.what());
-    }
-    fail(e);
+  } catch (const std::exception& x) {
+    // Only memory can run out before the engine has the request; after that, the engine reports
+    // failures through the callback. Either way the client gets an error, not a dead daemon.
+    std::fprintf(stderr, "nbd: request type %u at offset %llu: %s\n", type, static_cast<unsigned long long>(off),
+                 x.what());
+    if (!handed) return fail(dynamic_cast<const std::bad_alloc*>(&x) ? kENoMem : kEIo);
+    shutdown();  // the engine may not have taken it: end the connection rather than guess
   }
 }
 
-void Connection::reply_simple(uint64_t cookie, uint32_t error, const uint8_t* data, size_t len) {
+void Connection::complete(Request* r, int err) {
+  if (err) {
+    ++stats_.errors;
+    std::fprintf(stderr, "nbd: request type %u at offset %llu, %u bytes: %s\n", r->type,
+                 static_cast<unsigned long long>(r->offset), r->len, std::strerror(err));
+    return reply_error(r, wire_errno(err));
+  }
+  switch (r->type) {
+    case kCmdRead:
+      ++stats_.reads;
+      stats_.bytes_read += r->len;
+      return reply_read(r);
+    case kCmdWrite:
+      ++stats_.writes;
+      stats_.bytes_written += r->len;
+      break;
+    case kCmdFlush:
+      ++stats_.flushes;
+      break;
+    case kCmdTrim:
+      ++stats_.trims;
+      break;
+    default:  // kCmdWriteZeroes
+      ++stats_.zeroes;
+  }
+  reply_simple(r, 0);
+}
+
+void Connection::finish(Request* r) {
+  --in_flight_;
+  bytes_in_flight_ -= r->cost;
+  budget_.give(r->cost);
+  buffers_.put(std::move(r->data));
+  delete r;
+}
+
+void Connection::queue(Request* r, const uint8_t* head, size_t hlen, const uint8_t* data, size_t dlen) {
+  Out o{{}, hlen, data, dlen, 0, r};
+  std::memcpy(o.head, head, hlen);
+  out_.push_back(o);
+}
+
+// Sends queued replies, several per system call. Without `block`, stops when the socket is full
+// (false: the caller waits until it is writable); with it, waits (up to the send timeout).
+bool Connection::flush_out(bool block) {
+  while (!out_.empty() && !broken_) {
+    iovec iov[64];
+    size_t n = 0;
+    for (auto it = out_.begin(); it != out_.end() && n + 2 <= std::size(iov); ++it) {
+      if (it->sent < it->hlen) iov[n++] = {it->head + it->sent, it->hlen - it->sent};
+      size_t d = it->sent > it->hlen ? it->sent - it->hlen : 0;
+      if (it->dlen > d) iov[n++] = {const_cast<uint8_t*>(it->data) + d, it->dlen - d};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    ssize_t w = ::sendmsg(fd_, &msg, MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && !block && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (w <= 0) {
+      broken_ = true;
+      ::shutdown(fd_, SHUT_RDWR);
+      break;
+    }
+    auto left = static_cast<size_t>(w);
+    while (left) {
+      Out& o = out_.front();
+      size_t k = std::min(left, o.hlen + o.dlen - o.sent);
+      o.sent += k;
+      left -= k;
+      if (o.sent == o.hlen + o.dlen) {
+        Request* r = o.r;
+        out_.pop_front();
+        finish(r);
+      }
+    }
+  }
+  if (broken_) {  // nobody will read these any more
+    while (!out_.empty()) {
+      Request* r = out_.front().r;
+      out_.pop_front();
+      finish(r);
+    }
+  }
+  return true;
+}
+
+void Connection::reply_simple(Request* r, uint32_t error) {
   uint8_t h[16];
   be::store32(h, kSimpleReplyMagic);
   be::store32(h + 4, error);
-  be::store64(h + 8, cookie);
-  std::lock_guard lk(send_mu_);
-  send_all(h, sizeof h, data, len);
+  be::store64(h + 8, r->cookie);
+  const bool data = r->type == kCmdRead && error == 0;
+  queue(r, h, sizeof h, data ? r->data.data() : nullptr, data ? r->len : 0);
 }
 
-void Connection::reply_read(uint64_t cookie, uint64_t offset, const uint8_t* data, size_t len) {
-  if (!structured_) return reply_simple(cookie, 0, data, len);
+void Connection::reply_read(Request* r) {
+  if (!structured_) return reply_simple(r, 0);
   uint8_t h[28];
   be::store32(h, kStructuredReplyMagic);
   be::store16(h + 4, kReplyFlagDone);
   be::store16(h + 6, kReplyTypeOffsetData);
-  be::store64(h + 8, cookie);
-  be::store32(h + 16, static_cast<uint32_t>(8 + len));
-  be::store64(h + 20, offset);
-  std::lock_guard lk(send_mu_);
-  send_all(h, sizeof h, data, len);
+  be::store64(h + 8, r->cookie);
+  be::store32(h + 16, 8 + r->len);
+  be::store64(h + 20, r->offset);
+  queue(r, h, sizeof h, r->data.data(), r->len);
 }
 
-void Connection::reply_error(uint64_t cookie, uint32_t error) {
-  if (!structured_) return reply_simple(cookie, error, nullptr, 0);
+void Connection::reply_error(Request* r, uint32_t error) {
+  if (!structured_) return reply_simple(r, error);
   uint8_t h[26];
   be::store32(h, kStructuredReplyMagic);
   be::store16(h + 4, kReplyFlagDone);
   be::store16(h + 6, kReplyTypeError);
-  be::store64(h + 8, cookie);
+  be::store64(h + 8, r->cookie);
   be::store32(h + 16, 6);
   be::store32(h + 20, error);
   be::store16(h + 24, 0);  // no message
-  std::lock_guard lk(send_mu_);
-  send_all(h, sizeof h);
+  queue(r, h, sizeof h, nullptr, 0);
 }
 
-void Connection::reply_block_status(uint64_t cookie, const std::vector<uint8_t>& desc) {
+void Connection::reply_block_status(Request* r) {
   uint8_t h[24];
   be::store32(h, kStructuredReplyMagic);
   be::store16(h + 4, kReplyFlagDone);
   be::store16(h + 6, kReplyTypeBlockStatus);
-  be::store64(h + 8, cookie);
-  be::store32(h + 16, static_cast<uint32_t>(4 + desc.size()));
+  be::store64(h + 8, r->cookie);
+  be::store32(h + 16, static_cast<uint32_t>(4 + r->extra.size()));
   be::store32(h + 20, kMetaId);
-  std::lock_guard lk(send_mu_);
-  send_all(h, sizeof h, desc.data(), desc.size());
+  queue(r, h, sizeof h, r->extra.data(), r->extra.size());
 }
 
 }  // namespace nbd

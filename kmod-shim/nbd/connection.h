@@ -5,17 +5,27 @@
 // (the stack's size at the time of the request), command flags. A protocol violation that
 // leaves the stream unparseable ends the connection; anything else gets the protocol's error
 // reply. One connection never touches another's state.
+//
+// Threading: one thread per connection does everything for it. It reads requests without
+// blocking, submits them to its own asynchronous engine (ploop::UringEngine: reads and
+// overwrites go to io_uring from this thread, allocating writes and other blocking work to the
+// engine's worker), and sends each reply when its completion arrives, waiting for the socket and
+// the I/O in one io_uring wait. A client that stops reading its replies stalls only its own
+// connection (each reply gets 5 s, then the connection is cut).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <string>
+#include <vector>
 
-#include "kmod-shim/worker_pool.h"
+#include "kmod-shim/nbd/buffer_pool.h"
 #include "ploop/aligned_bytes.h"
 #include "ploop/stack.h"
+#include "ploop/uring_engine.h"
 
 namespace nbd {
 
@@ -23,10 +33,11 @@ struct ExportOptions {
   std::string name;                    // the export's name; "" (the default export) also matches
   bool read_only = false;
   uint32_t max_payload = 32u << 20;    // largest READ/WRITE accepted
-  // Requests of one connection queued or running at once: below the server's worker count, so a
-  // client that stops reading its replies cannot hold every worker (each stalls at most for the
-  // send timeout, 5 s, before that connection is cut).
-  unsigned max_in_flight = 8;
+  // Requests of one connection in flight at once (qemu-nbd allows 16 too); more wait in the socket.
+  unsigned max_in_flight = 16;
+  // Payload bytes (write data, read buffers) one connection may hold at once; a single request of
+  // up to max_payload always goes. Keeps one client that stops reading its replies small.
+  uint64_t max_bytes_in_flight = 64u << 20;
 };
 
 // Bytes of request payload (write data, read buffers) that all connections of a server may hold
@@ -35,6 +46,12 @@ struct ExportOptions {
 class MemoryBudget {
  public:
   explicit MemoryBudget(uint64_t bytes) : left_(bytes) {}
+  bool try_take(uint64_t n) {
+    std::lock_guard lk(mu_);
+    if (left_ < n) return false;
+    left_ -= n;
+    return true;
+  }
   void take(uint64_t n) {
     std::unique_lock lk(mu_);
     cv_.wait(lk, [&] { return left_ >= n; });
@@ -68,8 +85,8 @@ class Connection {
   enum class Phase { kHandshake, kTransmission };
 
   // Takes ownership of `fd` (a connected stream socket).
-  Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, shim::WorkerPool& pool, Stats& stats,
-             MemoryBudget& budget, Phase start = Phase::kHandshake);
+  Connection(int fd, ploop::Stack& stack, const ExportOptions& opts, Stats& stats, MemoryBudget& budget,
+             Phase start = Phase::kHandshake);
   ~Connection();
   // Runs the handshake (unless started in transmission), then serves requests until the client
   // disconnects, breaks the protocol, or shutdown() is called. Returns when every request in
@@ -83,29 +100,47 @@ class Connection {
   bool option_reply(uint32_t opt, uint32_t type, const void* data, uint32_t len);
   bool handle_info_go(uint32_t opt, const std::vector<uint8_t>& data);
   bool handle_meta_context(uint32_t opt, const std::vector<uint8_t>& data);
+  struct Request;
+  enum class Step { kNext, kNoHeader, kWaitMemory, kEnd };
   void transmission();
-  void execute(uint16_t type, uint16_t flags, uint64_t cookie, uint64_t offset, uint32_t len,
-               ploop::PageBuffer payload);
-  void reply_simple(uint64_t cookie, uint32_t error, const uint8_t* data, size_t len);
-  void reply_read(uint64_t cookie, uint64_t offset, const uint8_t* data, size_t len);
-  void reply_error(uint64_t cookie, uint32_t error);
-  void reply_block_status(uint64_t cookie, const std::vector<uint8_t>& descriptors);
+  Step receive();
+  void start(Request* r);
+  void complete(Request* r, int err);
+  void finish(Request* r);
+  // Replies are queued and sent without blocking (flush_out); the request is finished (its
+  // buffers and budget given back) once its reply has left.
+  void reply_simple(Request* r, uint32_t error);
+  void reply_read(Request* r);
+  void reply_error(Request* r, uint32_t error);
+  void reply_block_status(Request* r);
+  void queue(Request* r, const uint8_t* head, size_t hlen, const uint8_t* data, size_t dlen);
+  bool flush_out(bool block);
   bool send_all(const void* a, size_t alen, const void* b = nullptr, size_t blen = 0);
   uint16_t transmission_flags() const;
 
   int fd_;
   ploop::Stack& stack_;
   ExportOptions opts_;
-  shim::WorkerPool& pool_;
   Stats& stats_;
   MemoryBudget& budget_;
   Phase start_;
   bool structured_ = false;
   bool base_allocation_ = false;  // meta context selected (id 1)
-  std::mutex send_mu_;
-  std::mutex flight_mu_;
-  std::condition_variable flight_cv_;
-  unsigned in_flight_ = 0;
+  ploop::UringEngine* engine_ = nullptr;  // during transmission()
+  BufferPool buffers_{16u << 20};         // idle request buffers kept for reuse
+  ploop::PageBuffer rx_;                  // received bytes not yet parsed: [rx_begin_, rx_end_)
+  size_t rx_begin_ = 0, rx_end_ = 0;
+  struct Out {
+    uint8_t head[32];
+    size_t hlen;
+    const uint8_t* data;
+    size_t dlen;
+    size_t sent;
+    Request* r;
+  };
+  std::deque<Out> out_;           // replies not yet (wholly) sent, in order
+  unsigned in_flight_ = 0;        // requests received and not yet answered (reply sent)
+  uint64_t bytes_in_flight_ = 0;  // budget held by the requests in flight
   std::atomic<bool> broken_{false};
 };
 

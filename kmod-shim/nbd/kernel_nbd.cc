@@ -156,7 +156,6 @@ std::string KernelNbd::start() {
   // as soon as the device is connected.
   nbd::ExportOptions exp;
   exp.read_only = opts_.read_only;
-  pool_ = std::make_unique<WorkerPool>(opts_.connections * exp.max_in_flight, 256);
   std::vector<int> kernel_fds;
   auto close_kernel_fds = [&] {
     for (int fd : kernel_fds) ::close(fd);
@@ -172,7 +171,7 @@ std::string KernelNbd::start() {
     }
     kernel_fds.push_back(sv[1]);
     auto s = std::make_unique<Served>();
-    s->conn = std::make_unique<nbd::Connection>(sv[0], stack_, exp, *pool_, stats_, budget_,
+    s->conn = std::make_unique<nbd::Connection>(sv[0], stack_, exp, stats_, budget_,
                                                 nbd::Connection::Phase::kTransmission);
     // A connection that ends by itself (a protocol error) is shut down at once, so the kernel
     // sees it dead and uses the others instead of waiting for its request timeout.
@@ -349,8 +348,7 @@ void KernelNbd::stop_serving() {
   for (auto& s : served_) {
     if (s->thread.joinable()) s->thread.join();
   }
-  served_.clear();  // closes the server ends
-  pool_.reset();    // every connection has answered what it took, so no job is left
+  served_.clear();  // closes the server ends (every connection has answered what it took)
 }
 
 void KernelNbd::disconnect(int index) {

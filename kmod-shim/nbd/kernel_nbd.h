@@ -22,7 +22,6 @@
 #include <vector>
 
 #include "kmod-shim/nbd/connection.h"
-#include "kmod-shim/worker_pool.h"
 #include "ploop/stack.h"
 
 namespace shim {
@@ -70,7 +69,6 @@ class KernelNbd {
   KernelNbdOptions opts_;
   nbd::Stats stats_;
   nbd::MemoryBudget budget_;
-  std::unique_ptr<WorkerPool> pool_;
   std::vector<std::unique_ptr<Served>> served_;
   int index_ = -1;
   bool started_ = false;

@@ -17,7 +17,7 @@
 namespace nbd {
 
 Server::Server(ploop::Stack& stack, const ServerOptions& opts)
-    : stack_(stack), opts_(opts), budget_(opts.memory_budget), pool_(opts.workers, 256) {}
+    : stack_(stack), opts_(opts), budget_(opts.memory_budget) {}
 
 Server::~Server() {
   stop();
@@ -68,7 +68,7 @@ void Server::listen_tcp(const std::string& addr, uint16_t port) {
 void Server::serve_fd(int fd) {
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails harmlessly on Unix sockets
-  Connection c(fd, stack_, opts_.exp, pool_, stats_, budget_);
+  Connection c(fd, stack_, opts_.exp, stats_, budget_);
   {
     std::lock_guard lk(mu_);
     if (stop_) return;

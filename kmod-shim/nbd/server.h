@@ -1,6 +1,6 @@
 // The NBD server of the daemon: listens on a Unix socket (default) or on TCP (127.0.0.1 unless an
-// address is given), and serves each connection on its own thread, with requests executed by a
-// shared worker pool. Limits keep a hostile or broken client from exhausting the daemon: at most
+// address is given), and serves each connection on its own thread, which runs that connection's
+// requests asynchronously (see Connection). Limits keep a hostile or broken client from exhausting the daemon: at most
 // `max_connections` at once (more are closed at accept), a bounded number of requests in flight
 // per connection, bounded option and request sizes (see Connection).
 #pragma once
@@ -14,14 +14,12 @@
 #include <thread>
 
 #include "kmod-shim/nbd/connection.h"
-#include "kmod-shim/worker_pool.h"
 
 namespace nbd {
 
 struct ServerOptions {
   ExportOptions exp;
   unsigned max_connections = 64;
-  unsigned workers = 16;
   uint64_t memory_budget = 1ull << 30;  // payload bytes held by all connections at once
 };
 
@@ -48,7 +46,6 @@ class Server {
   ServerOptions opts_;
   Stats stats_;
   MemoryBudget budget_;
-  shim::WorkerPool pool_;
   int listen_fd_ = -1;
   uint16_t port_ = 0;
   std::string unix_path_;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -232,17 +233,16 @@ void UblkQueue::run(std::promise<void>& ready) {
     std::fprintf(stderr, "ploop ublk: queue %u stopped: %s\n", cfg_.q_id, e.what());
   }
   // Requests still with workers reference our buffers: wait for them before the ring goes away.
-  while (in_flight_ > 0) {
+  // Not through the ring (it may be what failed): the workers' results are collected every
+  // millisecond until none is left; this only runs once, at the end.
+  for (;;) {
     {
       std::lock_guard lk(mu_);
       in_flight_ -= static_cast<unsigned>(done_.size());
       done_.clear();
     }
     if (in_flight_ == 0) break;
-    arm_event();
-    io_uring_cqe* cqe;
-    if (io_uring_submit_and_wait(ring, 1) < 0 || io_uring_peek_cqe(ring, &cqe) != 0) break;
-    io_uring_cqe_seen(ring, cqe);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
 }
 

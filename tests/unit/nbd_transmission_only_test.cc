@@ -29,7 +29,6 @@ struct Served : nbdtest::Wire {
   std::unique_ptr<ploop::Stack> stack;
   Stats stats;
   MemoryBudget budget{64 << 20};
-  shim::WorkerPool pool{4, 64};
   std::unique_ptr<Connection> conn;
   std::thread server_side;
 
@@ -44,7 +43,7 @@ struct Served : nbdtest::Wire {
     ExportOptions o;
     o.read_only = read_only;
     o.max_payload = 1 << 20;
-    conn = std::make_unique<Connection>(sv[1], *stack, o, pool, stats, budget, Connection::Phase::kTransmission);
+    conn = std::make_unique<Connection>(sv[1], *stack, o, stats, budget, Connection::Phase::kTransmission);
     // As KernelNbd does: once serve() returns, the peer sees the connection end.
     server_side = std::thread([this] {
       conn->serve();

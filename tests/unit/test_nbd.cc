@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -32,7 +33,6 @@ struct Fixture {
     ServerOptions o;
     o.exp.max_payload = 1 << 20;
     o.max_connections = 4;
-    o.workers = 2;
     server = std::make_unique<Server>(*stack, o);
   }
   ~Fixture() {
@@ -291,4 +291,68 @@ TEST(Nbd, ConnectionLimitRefusesExtrasAndKeepsServing) {
   ::close(fd);
   f.server->stop();
   runner.join();
+}
+
+// A client may send many requests before it reads any reply: replies that do not fit in the
+// socket wait in the server's queue (the server stops taking requests at its in-flight limit, not
+// the client's stream), and every reply arrives once the client reads, in full and matched.
+TEST(Nbd, PipelinedRequestsAreAllAnsweredWhenTheClientReadsLate) {
+  Fixture f;
+  Client c(*f.server);
+  c.go();
+  auto data = testutil::pattern(kDisk, 11);
+  constexpr uint32_t kLen = 64 << 10;
+  constexpr unsigned kCount = kDisk / kLen;  // 128 writes, then 128 reads: far beyond 16 in flight
+  for (unsigned i = 0; i < kCount; ++i) c.request(kCmdWrite, uint64_t{i} * kLen, kLen, 0, data.data() + i * kLen, i);
+  for (unsigned i = 0; i < kCount; ++i) c.request(kCmdRead, uint64_t{i} * kLen, kLen, 0, nullptr, 1000 + i);
+  std::vector<bool> seen(2 * kCount, false);
+  std::vector<uint8_t> got(kLen);
+  for (unsigned n = 0; n < 2 * kCount; ++n) {
+    uint8_t h[16];
+    ASSERT_TRUE(c.recv(h, 16));
+    ASSERT_EQ(be::load32(h), kSimpleReplyMagic);
+    ASSERT_EQ(be::load32(h + 4), 0u);
+    uint64_t cookie = be::load64(h + 8);
+    if (cookie >= 1000) {
+      ASSERT_LT(cookie - 1000, kCount);
+      ASSERT_TRUE(c.recv(got.data(), kLen));
+      // The server takes a request only while fewer than 16 are unanswered, so when it takes
+      // read i, write i (sent 128 requests before it) has completed: the read sees its data.
+      EXPECT_EQ(0, std::memcmp(got.data(), data.data() + (cookie - 1000) * kLen, kLen)) << "block " << cookie - 1000;
+      seen[kCount + cookie - 1000] = true;
+    } else {
+      ASSERT_LT(cookie, kCount);
+      seen[cookie] = true;
+    }
+  }
+  for (unsigned i = 0; i < 2 * kCount; ++i) EXPECT_TRUE(seen[i]) << i;
+  c.request(kCmdDisc, 0, 0);
+  EXPECT_TRUE(c.closed_by_server());
+}
+
+// A client that stops reading its replies is disconnected after 5 s without progress, and holds
+// nothing another connection needs meanwhile.
+TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
+  Fixture f;
+  Client stuck(*f.server);
+  stuck.go();
+  for (uint64_t i = 0; i < 64; ++i) stuck.request(kCmdRead, 0, 1 << 20, 0, nullptr, i);  // 64 MiB of replies
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  {
+    Client other(*f.server);
+    other.go();
+    auto data = testutil::pattern(4096, 5);
+    auto t0 = std::chrono::steady_clock::now();
+    other.request(kCmdWrite, 8192, 4096, 0, data.data());
+    EXPECT_EQ(other.reply(), 0u);
+    other.request(kCmdRead, 8192, 4096);
+    std::vector<uint8_t> got;
+    EXPECT_EQ(other.reply(&got, 4096), 0u);
+    EXPECT_EQ(got, data);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+    other.request(kCmdDisc, 0, 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(6500));
+  // The server has shut its end: what we send now fails.
+  EXPECT_LT(::send(stuck.fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT), 0);
 }

@@ -3,7 +3,11 @@
 #include <cstring>
 #include <random>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "ploop/disk.h"
+#include "ploop/fault_storage.h"
 #include "ploop/uring_engine.h"
 #include "test_util.h"
 
@@ -97,4 +101,76 @@ TEST(UringEngine, MatchesAModelUnderMixedLoad) {
   AlignedBuf all(kDisk);
   again->read(all.p, 0, kDisk);
   EXPECT_EQ(0, std::memcmp(all.p, model.data(), kDisk));
+}
+
+// Requests O_DIRECT cannot take as they are (offsets, lengths or buffers not sector-aligned) are
+// still served exactly, through the bouncing synchronous path.
+TEST(UringEngine, UnalignedRequestsOnDirectFilesAreServed) {
+  testutil::TempDir dir;
+  auto st = make_posix_storage(true);
+  constexpr uint64_t kDisk = 4 << 20;
+  std::string dd = create_disk(*st, dir / "root.hds", {kDisk, 128, 2});
+  auto stack = open_disk(*st, dd, OpenMode::kReadWrite);
+  std::vector<uint8_t> pattern(70000);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint8_t>(i * 7 + 3);
+  {
+    UringEngine eng(*stack, 8);
+    AlignedBuf wbuf(1 << 17), rbuf(1 << 17);
+    // Allocating write (worker path), then an unaligned overwrite of the now-mapped cluster.
+    std::memcpy(wbuf.p, pattern.data(), pattern.size());
+    int e1 = -1, e2 = -1, e3 = -1;
+    eng.write(wbuf.p, 4096, 65536, false, [&](int e) { e1 = e; });
+    while (eng.in_flight()) eng.poll(true);
+    eng.write(wbuf.p + 1, 4096 + 100, 3001, false, [&](int e) { e2 = e; });  // odd buffer, offset, length
+    while (eng.in_flight()) eng.poll(true);
+    eng.read(rbuf.p + 3, 4096 + 99, 3003, [&](int e) { e3 = e; });
+    while (eng.in_flight()) eng.poll(true);
+    EXPECT_EQ(e1, 0);
+    EXPECT_EQ(e2, 0);
+    EXPECT_EQ(e3, 0);
+    std::vector<uint8_t> want(3003);
+    want[0] = pattern[99];
+    std::memcpy(want.data() + 1, pattern.data() + 1, 3001);
+    want[3002] = pattern[100 + 3001];
+    EXPECT_EQ(0, std::memcmp(rbuf.p + 3, want.data(), want.size()));
+  }
+  stack->close();
+}
+
+// watch(): a descriptor's readiness is reported by the same poll() that reports I/O; a writable
+// watch with a timeout reports ECANCELED when the peer never makes room; unwatch() cancels.
+TEST(UringEngine, WatchesDescriptorsInTheSamePoll) {
+  ploop::FaultStorage fs;
+  create_disk(fs, "root.hds", {1 << 20, 128, 2});
+  auto stack = open_disk(fs, "DiskDescriptor.xml", OpenMode::kReadWrite);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  {
+    UringEngine eng(*stack, 8);
+    int got = -1;
+    eng.watch(sv[0], UringEngine::kReadable, [&](int e) { got = e; });
+    EXPECT_EQ(eng.poll(false), 0u);
+    EXPECT_EQ(got, -1);
+    ASSERT_EQ(::write(sv[1], "x", 1), 1);
+    while (got == -1) eng.poll(true);
+    EXPECT_EQ(got, 0);
+
+    // Fill the socket until it refuses more, then wait for room that never comes.
+    std::vector<char> chunk(1 << 16, 'y');
+    while (::send(sv[0], chunk.data(), chunk.size(), MSG_DONTWAIT) > 0) {
+    }
+    int timed = -1;
+    eng.watch(sv[0], UringEngine::kWritable, [&](int e) { timed = e; }, 200);
+    while (timed == -1) eng.poll(true);
+    EXPECT_EQ(timed, ECANCELED);
+
+    int cancelled = -1;
+    eng.watch(sv[0], UringEngine::kWritable, [&](int e) { cancelled = e; });
+    eng.unwatch();
+    while (eng.in_flight()) eng.poll(true);
+    EXPECT_EQ(cancelled, ECANCELED);
+  }
+  ::close(sv[0]);
+  ::close(sv[1]);
+  stack->close();
 }
