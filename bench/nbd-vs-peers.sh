@@ -10,7 +10,9 @@
 # Environment: PLOOP (this project's CLI; default <repo>/build/release/tools/ploop; never the
 # Debian /usr/sbin/ploop), ROUNDS (default 3), RUNTIME seconds per fio run (default 10), SIZE_MB
 # (default 1024), WORKLOADS (default "randread randwrite seqread seqwrite"), SERVERS (default
-# "ours qemu-raw qemu-qcow2 nbdkit"), RAND_JOBS (default 4: 4 KiB random runs use RAND_JOBS fio jobs
+# "ours qemu-raw qemu-qcow2 nbdkit disk"; `disk` is no server: fio itself on the raw file with
+# io_uring and O_DIRECT, the same jobs and depths, i.e. what the disk gives without any NBD in the
+# way, the ceiling every O_DIRECT server shares), RAND_JOBS (default 4: 4 KiB random runs use RAND_JOBS fio jobs
 # with QD 32/RAND_JOBS each, one NBD connection per job, 32 requests in flight in total),
 # SEQ_JOBS (default 1: 1 MiB sequential runs use SEQ_JOBS jobs of QD 8/SEQ_JOBS, each on its own
 # part of the disk), SCRATCH (directory to create the files in; default a new directory under
@@ -34,7 +36,7 @@ ROUNDS=${ROUNDS:-3}
 RUNTIME=${RUNTIME:-10}
 SIZE_MB=${SIZE_MB:-1024}
 WORKLOADS=${WORKLOADS:-"randread randwrite seqread seqwrite"}
-SERVERS=${SERVERS:-"ours qemu-raw qemu-qcow2 nbdkit"}
+SERVERS=${SERVERS:-"ours qemu-raw qemu-qcow2 nbdkit disk"}
 RAND_JOBS=${RAND_JOBS:-4}
 SEQ_JOBS=${SEQ_JOBS:-1}
 VERIFY=${VERIFY:-1}
@@ -114,6 +116,7 @@ wait_socket() {  # pid
 
 start_server() {  # name; sets server_pid
   rm -f "$sock" "$scratch/pid"
+  [[ $1 == disk ]] && { server_pid=""; return 0; }
   case $1 in
     ours)
       "$PLOOP" serve --socket "$sock" "$dd_xml" >"$scratch/serve.log" 2>&1 &
@@ -136,6 +139,7 @@ start_server() {  # name; sets server_pid
 }
 
 stop_server() {
+  [[ -n $server_pid ]] || return 0
   kill "$server_pid"
   for _ in $(seq 600); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.05; done
   if kill -0 "$server_pid" 2>/dev/null; then echo "server $server_pid did not stop in 30 s" >&2; exit 1; fi
@@ -143,16 +147,18 @@ stop_server() {
   server_pid=""
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { if [[ -n $1 ]]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
 
-run_fio() {  # workload -> "value p99_us mean_us"
+run_fio() {  # workload side -> "value p99_us mean_us"
   local bs jobs qd rw unit
   read -r bs jobs qd rw unit < <(params "$1")
   local extra=()
   # Sequential jobs each stream over their own part of the disk.
   [[ $rw == read || $rw == write ]] && ((jobs > 1)) &&
     extra=(--size=$((SIZE_MB / jobs))M --offset_increment=$((SIZE_MB / jobs))M)
-  fio --name="$1" --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --size="${SIZE_MB}M" "${extra[@]}" \
+  local target=(--ioengine=nbd --uri="nbd+unix:///?socket=$sock")
+  [[ $2 == disk ]] && target=(--ioengine=io_uring --direct=1 --filename="$raw")
+  fio --name="$1" "${target[@]}" --size="${SIZE_MB}M" "${extra[@]}" \
              --rw="$rw" --bs="$bs" --numjobs="$jobs" --iodepth="$qd" --group_reporting \
              --runtime="$RUNTIME" --time_based --norandommap --randrepeat=0 --output-format=json --output="$scratch/fio.json" >/dev/null
   local dir=read
@@ -176,7 +182,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for side in "${order[@]}"; do
       start_server "$side"
       t0=$(cpu_ticks "$server_pid")
-      v=$(run_fio "$w")
+      v=$(run_fio "$w" "$side")
       t1=$(cpu_ticks "$server_pid")
       stop_server
       cpu=$(awk -v t="$((t1 - t0))" -v hz="$hz" 'BEGIN { printf "%.1f", t / hz }')
@@ -229,6 +235,7 @@ done
 if [[ " $SERVERS " == *" ours "* ]]; then
   echo
   echo "ours / peer: median of the per-round ratios (min-max); goal: >= 1.2x qemu-qcow2, >= 1.0x qemu-raw"
+  [[ " $SERVERS " == *" disk "* ]] && echo "(ours / disk: the share of what fio gets from the raw file itself, with O_DIRECT)"
   printf '%-10s' workload
   for s in $SERVERS; do [[ $s == ours ]] || printf ' %18s' "$s"; done
   printf '  %s\n' goals
