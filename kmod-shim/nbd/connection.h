@@ -9,9 +9,10 @@
 // Threading: one thread per connection does everything for it. It reads requests without
 // blocking, submits them to its own asynchronous engine (ploop::UringEngine: reads and
 // overwrites go to io_uring from this thread, allocating writes and other blocking work to the
-// engine's worker), and sends each reply when its completion arrives, waiting for the socket and
-// the I/O in one io_uring wait. A client that stops reading its replies stalls only its own
-// connection (each reply gets 5 s, then the connection is cut).
+// engine's worker), and queues each reply when its completion arrives; queued replies are sent
+// in order, several per sendmsg, without blocking. One io_uring wait covers the I/O, the socket's
+// input and its room for replies. A client that stops reading its replies stalls only its own
+// connection, and is cut after 5 s without progress.
 #pragma once
 
 #include <atomic>
