@@ -33,15 +33,18 @@ stop_server() {
     wait "$pid" || rc=$?
     [ "$rc" -eq 0 ] || { cat "$WORK/serve.log" >&2; soft_fail "ploop serve exited $rc after SIGINT"; }
 }
-# nbd_cleanup : an EXIT trap (`trap nbd_cleanup EXIT`): the server down (SIGINT, 5 s, then
-# SIGKILL), then lib.sh's cleanup
+# kill_server : for EXIT traps: the server down whatever its state (SIGINT, 5 s, then SIGKILL)
+kill_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    kill -INT "$SERVER_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null
+    wait "$SERVER_PID" 2>/dev/null
+    return 0
+}
+# nbd_cleanup : an EXIT trap (`trap nbd_cleanup EXIT`): kill_server, then lib.sh's cleanup
 nbd_cleanup() {
     set +e
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    kill_server
     cleanup
 }

@@ -23,12 +23,7 @@ fs_cleanup() {
     mountpoint -q "$WORK/fuse" 2>/dev/null && fusermount3 -u "$WORK/fuse" 2>/dev/null
     mountpoint -q "$WORK/fuse" 2>/dev/null && fusermount3 -uz "$WORK/fuse" 2>/dev/null
     if [ -n "$FUSE_PID" ]; then kill "$FUSE_PID" 2>/dev/null; wait "$FUSE_PID" 2>/dev/null; fi
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    kill_server
     cleanup
 }
 trap fs_cleanup EXIT

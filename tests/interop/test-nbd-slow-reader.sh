@@ -16,12 +16,7 @@ STUCK_PID=
 slow_cleanup() {
     set +e
     if [ -n "$STUCK_PID" ]; then kill "$STUCK_PID" 2>/dev/null; wait "$STUCK_PID" 2>/dev/null; fi
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    kill_server
     cleanup
 }
 trap slow_cleanup EXIT

@@ -10,7 +10,7 @@ need_tool nbdinfo qemu-io ss python3
 PY=python3   # a system python starts faster than a version manager's shim
 [ -x /usr/bin/python3 ] && PY=/usr/bin/python3
 
-SERVER_PID=
+source "$(dirname "$0")/nbd_lib.sh"   # stop_server, nbd_cleanup (the server here listens on TCP)
 # start_tcp TCP_ARG DISK : `ploop serve --tcp TCP_ARG DISK` in the background; sets SERVER_URI
 start_tcp() {
     : >"$WORK/serve.log"
@@ -25,30 +25,7 @@ start_tcp() {
     grep -q '^serving ' "$WORK/serve.log" || { cat "$WORK/serve.log" >&2; fail "ploop serve --tcp $1 did not start"; }
     SERVER_URI=$(sed -n 's/^serving .* at \(nbd:[^ ]*\)$/\1/p' "$WORK/serve.log")
 }
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    local pid=$SERVER_PID rc=0 i
-    SERVER_PID=
-    kill -INT "$pid" 2>/dev/null || true
-    for i in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        soft_fail "ploop serve (PID $pid) did not stop within 30 s of SIGINT"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" || rc=$?
-    [ "$rc" -eq 0 ] || { cat "$WORK/serve.log" >&2; soft_fail "ploop serve exited $rc after SIGINT"; }
-}
-tcp_cleanup() {
-    set +e
-    if [ -n "$SERVER_PID" ]; then
-        kill -INT "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
-    cleanup
-}
-trap tcp_cleanup EXIT
+trap nbd_cleanup EXIT
 
 # free_port : a TCP port on 127.0.0.1 that nothing listens on right now
 free_port() {
