@@ -31,20 +31,12 @@ SIZE_MB=${SIZE_MB:-1024}
 WORKLOADS=${WORKLOADS:-"randread randwrite seqread seqwrite"}
 VERIFY=${VERIFY:-1}
 
-[[ -x $PLOOP && $PLOOP == */* ]] || { echo "PLOOP=$PLOOP: not an executable path (build the ploop-cli target first)" >&2; exit 2; }
-PLOOP=$(realpath "$PLOOP")
-[[ $PLOOP != /usr/sbin/ploop ]] || { echo "PLOOP is Debian's OpenVZ ploop, not this project's" >&2; exit 2; }
-for t in fio jq qemu-storage-daemon losetup; do
-  command -v "$t" >/dev/null || { echo "$t not found" >&2; exit 2; }
-done
+source "$here/lib.sh"
+bench_ploop
+bench_need fio jq qemu-storage-daemon losetup
 [[ -c /dev/fuse ]] || { echo "no /dev/fuse" >&2; exit 2; }
 
-if [[ -n ${SCRATCH:-} ]]; then
-  mkdir -p "$SCRATCH"
-  scratch=$(mktemp -d "$SCRATCH/fuse-vs-qsd.XXXXXX")
-else
-  scratch=$(mktemp -d "$here/.scratch.XXXXXX")
-fi
+bench_scratch fuse-vs-qsd
 export PLOOP_RUN_DIR=$scratch/run
 mkdir -p "$PLOOP_RUN_DIR"
 raw=$scratch/disk.raw
@@ -76,9 +68,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-  echo "warning: $scratch is on tmpfs; O_DIRECT numbers will not mean much" >&2
-fi
 
 # Block size, QD, fio rw= and the unit compared, per workload.
 params() {

@@ -41,21 +41,13 @@ RAND_JOBS=${RAND_JOBS:-4}
 SEQ_JOBS=${SEQ_JOBS:-1}
 VERIFY=${VERIFY:-1}
 
-[[ -x $PLOOP && $PLOOP == */* ]] || { echo "PLOOP=$PLOOP: not an executable path (build the ploop-cli target first)" >&2; exit 2; }
-PLOOP=$(realpath "$PLOOP")
-[[ $PLOOP != /usr/sbin/ploop ]] || { echo "PLOOP is Debian's OpenVZ ploop, not this project's" >&2; exit 2; }
-for t in fio jq qemu-nbd qemu-img nbdkit; do
-  command -v "$t" >/dev/null || { echo "$t not found" >&2; exit 2; }
-done
+source "$here/lib.sh"
+bench_ploop
+bench_need fio jq qemu-nbd qemu-img nbdkit
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "fio has no nbd engine" >&2; exit 2; }
 ((32 % RAND_JOBS == 0 && 8 % SEQ_JOBS == 0)) || { echo "RAND_JOBS must divide 32, SEQ_JOBS 8" >&2; exit 2; }
 
-if [[ -n ${SCRATCH:-} ]]; then
-  mkdir -p "$SCRATCH"
-  scratch=$(mktemp -d "$SCRATCH/nbd-vs-peers.XXXXXX")
-else
-  scratch=$(mktemp -d "$here/.scratch.XXXXXX")
-fi
+bench_scratch nbd-vs-peers
 server_pid=""
 cleanup() {
   if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
@@ -67,9 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-  echo "warning: $scratch is on tmpfs; O_DIRECT numbers will not mean much" >&2
-fi
 
 raw=$scratch/disk.raw
 qcow2=$scratch/disk.qcow2

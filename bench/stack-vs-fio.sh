@@ -30,20 +30,12 @@ WORKLOADS=${WORKLOADS:-"randread randwrite seqread seqwrite"}
 for t in "$bench_bin" "$ploop_bin"; do
   [[ -x $t ]] || { echo "missing $t: build first (cmake --build $build)" >&2; exit 2; }
 done
-command -v fio >/dev/null || { echo "fio not found" >&2; exit 2; }
-command -v jq >/dev/null || { echo "jq not found" >&2; exit 2; }
+source "$here/lib.sh"
+bench_need fio jq
 
-if [[ -n ${SCRATCH:-} ]]; then
-  mkdir -p "$SCRATCH"
-  scratch=$(mktemp -d "$SCRATCH/stack-vs-fio.XXXXXX")
-else
-  scratch=$(mktemp -d "$here/.scratch.XXXXXX")
-fi
+bench_scratch stack-vs-fio
 trap 'rm -rf "$scratch"' EXIT
 trap 'exit 130' INT TERM
-if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-  echo "warning: $scratch is on tmpfs; O_DIRECT numbers will not mean much" >&2
-fi
 
 raw=$scratch/raw
 image=$scratch/root.hds
