@@ -69,16 +69,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Block size, QD, fio rw= and the unit compared, per workload.
-params() {
-  case $1 in
-    randread)  echo "4096 32 randread iops" ;;
-    randwrite) echo "4096 32 randwrite iops" ;;
-    seqread)   echo "1048576 8 read mibps" ;;
-    seqwrite)  echo "1048576 8 write mibps" ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-}
 
 echo "# scratch: $scratch ($(stat -f -c %T "$scratch")), ${SIZE_MB} MiB, ROUNDS=$ROUNDS RUNTIME=${RUNTIME}s, PLOOP=$PLOOP" >&2
 echo "# $(fio --version), $(qemu-storage-daemon --version | head -1)" >&2
@@ -116,7 +106,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 run_fio() {  # workload device -> "value p99_us mean_us"
   local bs qd rw unit
-  read -r bs qd rw unit < <(params "$1")
+  read -r bs qd rw unit < <(bench_params "$1")
   fio --name="$1" --ioengine=io_uring --direct=1 --filename="$2" --size="${SIZE_MB}M" \
              --rw="$rw" --bs="$bs" --iodepth="$qd" --runtime="$RUNTIME" --time_based \
              --norandommap --randrepeat=0 --output-format=json --output="$scratch/fio.json" >/dev/null
@@ -184,7 +174,7 @@ echo "medians over $ROUNDS rounds (value; p99 and mean completion latency in us;
 echo "ours / qsd: median of the per-round ratios (min-max); goal >= 1.0:"
 printf '%-10s %-6s %26s %26s %6s %11s  %s\n' workload unit "qsd" "ours" ratio "min-max" goal
 for w in $WORKLOADS; do
-  read -r _ _ _ unit < <(params "$w")
+  read -r _ _ _ unit < <(bench_params "$w")
   awk -v w="$w" -v unit="$unit" '
     function median(a, n,   i, j, t) {
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }

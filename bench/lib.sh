@@ -1,6 +1,6 @@
-# Shared by the bench/*.sh scripts that drive this project's CLI against peers: checking the
-# binary and the tools, and making the scratch directory. Sourced after `here` is set (the bench
-# directory) and `set -euo pipefail`.
+# Shared by the bench/*.sh scripts: checking this project's CLI and the peer tools, making the
+# scratch directory, and the four fio workloads of the single-job benchmarks. Sourced after `here`
+# is set (the bench directory) and `set -euo pipefail`.
 
 # bench_ploop : checks $PLOOP (a path to this project's CLI, never Debian's /usr/sbin/ploop) and
 # makes it absolute; exits 2 otherwise
@@ -28,6 +28,18 @@ bench_scratch() {
     scratch=$(mktemp -d "$here/.scratch.XXXXXX")
   fi
   if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-    echo "warning: $scratch is on tmpfs; O_DIRECT numbers will not mean much" >&2
+    echo "warning: $scratch is on tmpfs: the figures are those of memory, not of a disk" >&2
   fi
+}
+
+# bench_params WORKLOAD : "BS QD RW UNIT" of the four fio workloads the single-job benchmarks
+# share (4 KiB random at QD 32, 1 MiB sequential at QD 8; UNIT is what is compared)
+bench_params() {
+  case $1 in
+    randread)  echo "4096 32 randread iops" ;;
+    randwrite) echo "4096 32 randwrite iops" ;;
+    seqread)   echo "1048576 8 read mibps" ;;
+    seqwrite)  echo "1048576 8 write mibps" ;;
+    *) echo "unknown workload $1" >&2; exit 2 ;;
+  esac
 }

@@ -55,17 +55,10 @@ command -v qemu-img >/dev/null || { echo "qemu-img not found" >&2; exit 2; }
 stride_mb=$((DISK_GB * 1024 / DATA_MB))
 ((stride_mb >= 1)) || { echo "DATA_MB must not exceed DISK_GB*1024" >&2; exit 2; }
 
-if [[ -n ${SCRATCH:-} ]]; then
-  mkdir -p "$SCRATCH"
-  scratch=$(mktemp -d "$SCRATCH/merge-vs-cp.XXXXXX")
-else
-  scratch=$(mktemp -d "$here/.scratch.XXXXXX")
-fi
+source "$here/lib.sh"
+bench_scratch merge-vs-cp
 trap 'rm -rf "$scratch"' EXIT
 trap 'exit 130' INT TERM
-if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-  echo "warning: $scratch is on tmpfs; the numbers will not mean much" >&2
-fi
 
 data=$scratch/data.bin      # DATA_MB of random bytes: the cp source
 raw=$scratch/expected.raw   # DISK_GB sparse, the same bytes spread in 1 MiB pieces

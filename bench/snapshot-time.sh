@@ -50,17 +50,10 @@ command -v jq >/dev/null || { echo "jq not found" >&2; exit 2; }
 ((2 * DATA_REPS * DATA_MB <= 16 * 1024 && 2 * DATA_REPS + 1 <= 128)) ||
   { echo "2 * DATA_REPS * DATA_MB must fit in 16 GiB" >&2; exit 2; }
 
-if [[ -n ${SCRATCH:-} ]]; then
-  mkdir -p "$SCRATCH"
-  scratch=$(mktemp -d "$SCRATCH/snapshot-time.XXXXXX")
-else
-  scratch=$(mktemp -d "$here/.scratch.XXXXXX")
-fi
+source "$here/lib.sh"
+bench_scratch snapshot-time
 trap 'rm -rf "$scratch"' EXIT
 trap 'exit 130' INT TERM
-if [[ $(stat -f -c %T "$scratch") == tmpfs ]]; then
-  echo "warning: $scratch is on tmpfs; the numbers will not mean much" >&2
-fi
 results=$scratch/results  # lines: kind size rep milliseconds
 
 # Runs "$@" with output discarded; prints its wall-clock time and its CPU time (user + system,

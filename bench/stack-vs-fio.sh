@@ -41,16 +41,6 @@ raw=$scratch/raw
 image=$scratch/root.hds
 results=$scratch/results   # lines: round workload side value cpu_us_per_io
 
-# Block size, queue depth, fio rw= and the unit compared, per workload.
-params() {
-  case $1 in
-    randread)  echo "4096 32 randread iops" ;;
-    randwrite) echo "4096 32 randwrite iops" ;;
-    seqread)   echo "1048576 8 read mibps" ;;
-    seqwrite)  echo "1048576 8 write mibps" ;;
-    *) echo "unknown workload $1" >&2; exit 2 ;;
-  esac
-}
 
 echo "# scratch: $scratch ($(stat -f -c %T "$scratch")), ${SIZE_MB} MiB, ROUNDS=$ROUNDS RUNTIME=${RUNTIME}s" \
   "${CONTROL:+CONTROL=$CONTROL}" >&2
@@ -62,7 +52,7 @@ sync "$image"
 
 run_fio() {  # workload -> "value cpu_us_per_io"
   local bs qd rw unit
-  read -r bs qd rw unit < <(params "$1")
+  read -r bs qd rw unit < <(bench_params "$1")
   local json
   json=$(fio --name="$1" --ioengine=io_uring --direct=1 --filename="$raw" --size="${SIZE_MB}M" \
              --runtime="$RUNTIME" --time_based --rw="$rw" --bs="$bs" --iodepth="$qd" \
@@ -78,7 +68,7 @@ run_fio() {  # workload -> "value cpu_us_per_io"
 run_ours() {  # workload -> "value cpu_us_per_io"
   [[ ${CONTROL:-0} == 1 ]] && { run_fio "$1"; return; }
   local bs qd rw unit line
-  read -r bs qd rw unit < <(params "$1")
+  read -r bs qd rw unit < <(bench_params "$1")
   line=$("$bench_bin" --runtime "$RUNTIME" --qd "$qd" --bs "$bs" "$1" "$image")
   sed -n "s/.* $unit=\([0-9.]*\).* cpu_us_per_io=\([0-9.]*\).*/\1 \2/p" <<<"$line"
 }
@@ -106,7 +96,7 @@ echo
 printf '%-10s %-6s %11s %11s %6s %11s  %s\n' workload unit "fio median" "ours median" ratio "min-max" \
   "cpu us/io fio, ours (medians)"
 for w in $WORKLOADS; do
-  read -r _ _ _ unit < <(params "$w")
+  read -r _ _ _ unit < <(bench_params "$w")
   awk -v w="$w" -v unit="$unit" '
     function median(a, n,   i, j, t) {
       for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] > a[j]; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }

@@ -1,5 +1,14 @@
-# Helpers shared by the test-mount-*.sh scripts: remembering the disks a test mounts, and
-# cleaning them up (umount, loop devices, daemons) whatever happens. Sourced after lib.sh.
+# Helpers shared by the test-mount-*.sh scripts: the checks every such test needs first (root,
+# /dev/fuse, loop devices, losetup/mountpoint/python3: the test skips, saying which is missing),
+# remembering the disks a test mounts, and cleaning them up (umount, loop devices, daemons)
+# whatever happens. Sourced after lib.sh.
+[ "$(id -u)" = 0 ] || skip "needs root (mount, loop devices)"
+[ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] || skip "/dev/fuse is missing or not usable"
+[ -e /dev/loop-control ] || skip "no loop devices (/dev/loop-control missing)"
+need_tool losetup mountpoint python3
+PY=python3   # a system python starts faster than a version manager's shim
+[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
+
 # --- mounted disks of this test -------------------------------------------------------------
 # entry DD : this DD's object in `ploop list --json` (empty if none)
 entry() {

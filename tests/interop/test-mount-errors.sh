@@ -13,13 +13,6 @@
 source "$(dirname "$0")/lib.sh"
 
 export PLOOP_RUN_DIR=$WORK/run
-[ "$(id -u)" = 0 ] || skip "needs root (mount, loop devices)"
-[ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] || skip "/dev/fuse is missing or not usable"
-[ -e /dev/loop-control ] || skip "no loop devices (/dev/loop-control missing)"
-need_tool losetup mountpoint python3
-PY=python3   # a system python starts faster than a version manager's shim
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-
 source "$(dirname "$0")/mount_lib.sh"
 # expect_refused DESC WANT_RC ploop-args... : like expect_error without the file comparison (for
 # commands run while a file system is mounted and live)

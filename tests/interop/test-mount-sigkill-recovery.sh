@@ -9,13 +9,6 @@
 source "$(dirname "$0")/lib.sh"
 need_tool sha256sum
 
-[ "$(id -u)" = 0 ] || skip "needs root (mount, loop devices)"
-[ -c /dev/fuse ] && [ -r /dev/fuse ] && [ -w /dev/fuse ] || skip "/dev/fuse is missing or not usable"
-[ -e /dev/loop-control ] || skip "no loop devices (/dev/loop-control missing)"
-need_tool losetup mountpoint python3
-PY=python3   # a system python starts faster than a version manager's shim
-[ -x /usr/bin/python3 ] && PY=/usr/bin/python3
-
 source "$(dirname "$0")/mount_lib.sh"
 mkdir disk mnt
 ploop_ok init -s 256M -t ext4 disk/img.hds >/dev/null
