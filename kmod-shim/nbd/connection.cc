@@ -27,6 +27,7 @@ bool read_exact(int fd, void* buf, size_t n) {
   while (n) {
     ssize_t r = ::recv(fd, p, n, 0);
     if (r < 0 && errno == EINTR) continue;
+    if (r == 0) errno = 0;  // the client has gone (not a timeout)
     if (r <= 0) return false;
     p += r;
     n -= static_cast<size_t>(r);
@@ -297,13 +298,23 @@ void Connection::serve() {
     timeval tv{30, 0};
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ok = handshake();
-    tv = {0, 0};
-    setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   }
-  // A client that stops reading its replies stalls only itself, and only for 5 s per reply: then
-  // the connection ends.
-  timeval stv{5, 0};
+  // From here on the socket is read and written without blocking, except for the rest of a
+  // write's payload (read_exact) and the last replies (flush_out(true)): there a client that
+  // makes no progress for stall_ms ends the connection.
+  timeval stv{static_cast<time_t>(opts_.stall_ms / 1000), static_cast<suseconds_t>(opts_.stall_ms % 1000 * 1000)};
+  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &stv, sizeof stv);
   setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
+  // A Unix socket holds about 400 KiB of replies by default: a 1 MiB read reply then leaves in
+  // three or more sends, each after a wake-up for room. With room for a whole reply (the kernel
+  // counts twice this) 1 MiB sequential reads went 1.2-1.8x faster (docs/performance.md). TCP
+  // sizes its buffers itself (setting one would turn that off).
+  int domain = 0;
+  socklen_t dlen = sizeof domain;
+  if (getsockopt(fd_, SOL_SOCKET, SO_DOMAIN, &domain, &dlen) == 0 && domain == AF_UNIX) {
+    int bytes = 1 << 20;
+    setsockopt(fd_, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);  // best effort: capped by wmem_max
+  }
   if (!ok) return;
   try {
     transmission();
@@ -317,7 +328,6 @@ void Connection::transmission() {
   engine_ = &engine;
   rx_ = ploop::PageBuffer(kRxBytes);
   bool readable = true, writable = true, watch_in = false, watch_out = false, end = false, ending = false;
-  constexpr unsigned kStallMs = 5000;  // a client that reads none of its replies for this long is cut
   for (;;) {
     engine.poll(false);  // queues replies for whatever has completed
     if (writable) writable = flush_out(false);
@@ -343,12 +353,12 @@ void Connection::transmission() {
           [&](int err) {
             watch_out = false;
             writable = true;
-            if (err && !ending) {  // no progress for kStallMs
-              std::fprintf(stderr, "nbd: client read no reply for %u s; disconnecting\n", kStallMs / 1000);
+            if (err && !ending) {  // no progress for stall_ms
+              std::fprintf(stderr, "nbd: client read no reply for %u ms; disconnecting\n", opts_.stall_ms);
               shutdown();
             }
           },
-          kStallMs);
+          opts_.stall_ms);
     }
     engine.poll(true);  // a completion, the socket has more, or it has room again
   }
@@ -397,6 +407,9 @@ Connection::Step Connection::receive() {
     if (have) std::memcpy(r->data.data(), rx_.data() + rx_begin_, have);
     rx_begin_ += have;
     if (have < r->len && !read_exact(fd_, r->data.data() + have, r->len - have)) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        std::fprintf(stderr, "nbd: client sent no more of a write's payload for %u ms; disconnecting\n",
+                     opts_.stall_ms);
       ++in_flight_;
       finish(own.release());
       return Step::kEnd;

@@ -11,8 +11,9 @@
 // overwrites go to io_uring from this thread, allocating writes and other blocking work to the
 // engine's worker), and queues each reply when its completion arrives; queued replies are sent
 // in order, several per sendmsg, without blocking. One io_uring wait covers the I/O, the socket's
-// input and its room for replies. A client that stops reading its replies stalls only its own
-// connection, and is cut after 5 s without progress.
+// input and its room for replies. A client that stops reading its replies, or stops inside a
+// write's payload, stalls only its own connection, and is cut after 5 s without progress (the
+// memory it held goes back to the others).
 #pragma once
 
 #include <atomic>
@@ -39,6 +40,10 @@ struct ExportOptions {
   // Payload bytes (write data, read buffers) one connection may hold at once; a single request of
   // up to max_payload always goes. Keeps one client that stops reading its replies small.
   uint64_t max_bytes_in_flight = 64u << 20;
+  // A client that makes no progress for this long while the server waits on it, reading its
+  // replies or sending the rest of a write's payload, is disconnected (an idle connection, with
+  // nothing owed either way, may stay as long as it likes).
+  unsigned stall_ms = 5000;
 };
 
 // Bytes of request payload (write data, read buffers) that all connections of a server may hold

@@ -27,12 +27,16 @@ struct Fixture {
   ploop::FaultStorage fs;
   std::unique_ptr<ploop::Stack> stack;
   std::unique_ptr<Server> server;
-  Fixture() {
-    ploop::create_disk(fs, "root.hds", {kDisk, 64, 2});
-    stack = ploop::open_disk(fs, "DiskDescriptor.xml", ploop::OpenMode::kReadWrite);
+  // Options of the tests: 1 MiB requests at most, 4 connections.
+  static ServerOptions options() {
     ServerOptions o;
     o.exp.max_payload = 1 << 20;
     o.max_connections = 4;
+    return o;
+  }
+  explicit Fixture(const ServerOptions& o = options()) {
+    ploop::create_disk(fs, "root.hds", {kDisk, 64, 2});
+    stack = ploop::open_disk(fs, "DiskDescriptor.xml", ploop::OpenMode::kReadWrite);
     server = std::make_unique<Server>(*stack, o);
   }
   ~Fixture() {
@@ -330,10 +334,12 @@ TEST(Nbd, PipelinedRequestsAreAllAnsweredWhenTheClientReadsLate) {
   EXPECT_TRUE(c.closed_by_server());
 }
 
-// A client that stops reading its replies is disconnected after 5 s without progress, and holds
-// nothing another connection needs meanwhile.
+// A client that stops reading its replies is disconnected after stall_ms without progress, and
+// holds nothing another connection needs meanwhile.
 TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
-  Fixture f;
+  ServerOptions o = Fixture::options();
+  o.exp.stall_ms = 1500;
+  Fixture f(o);
   Client stuck(*f.server);
   stuck.go();
   for (uint64_t i = 0; i < 64; ++i) stuck.request(kCmdRead, 0, 1 << 20, 0, nullptr, i);  // 64 MiB of replies
@@ -352,7 +358,38 @@ TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
     EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
     other.request(kCmdDisc, 0, 0);
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(6500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
   // The server has shut its end: what we send now fails.
   EXPECT_LT(::send(stuck.fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT), 0);
+}
+
+// A client that sends a write's header and stops inside its payload holds that payload's memory
+// only until it is cut (stall_ms without progress); another client, waiting for that memory, is
+// served then, and the image never sees the half-sent write.
+TEST(Nbd, AClientThatStopsInsideAWritePayloadIsCutAndItsMemoryGoesBack) {
+  ServerOptions o = Fixture::options();
+  o.exp.stall_ms = 500;
+  o.memory_budget = 1 << 20;  // the stuck write takes all of it
+  Fixture f(o);
+  Client stuck(*f.server);
+  stuck.go();
+  auto half = testutil::pattern(4096, 9);
+  stuck.request(kCmdWrite, 0, 1 << 20);  // header only, then a little of the payload
+  stuck.send(half.data(), half.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  {
+    Client other(*f.server);
+    other.go();
+    auto data = testutil::pattern(4096, 5);
+    auto t0 = std::chrono::steady_clock::now();
+    other.request(kCmdWrite, 8192, 4096, 0, data.data());  // waits for the budget
+    EXPECT_EQ(other.reply(), 0u);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+    other.request(kCmdRead, 0, 8192);
+    std::vector<uint8_t> got;
+    EXPECT_EQ(other.reply(&got, 8192), 0u);
+    EXPECT_EQ(got, std::vector<uint8_t>(8192, 0));  // nothing of the cut write
+    other.request(kCmdDisc, 0, 0);
+  }
+  EXPECT_TRUE(stuck.closed_by_server());
 }
