@@ -224,14 +224,6 @@ void UringEngine::flush(Done done) {
   to_worker([this] { stack_.flush(); }, std::move(done));
 }
 
-void UringEngine::discard(uint64_t off, uint64_t len, Done done) {
-  to_worker([this, off, len] { stack_.discard(off, len); }, std::move(done));
-}
-
-void UringEngine::write_zeroes(uint64_t off, uint64_t len, bool fua, Done done) {
-  to_worker([this, off, len, fua] { stack_.write_zeroes(off, len, fua); }, std::move(done));
-}
-
 void UringEngine::worker_loop() {
   for (;;) {
     std::pair<std::function<void()>, Done> job;

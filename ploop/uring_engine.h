@@ -40,9 +40,8 @@ class UringEngine {
   void read(void* buf, uint64_t offset, uint32_t len, Done done);
   void write(const void* buf, uint64_t offset, uint32_t len, bool fua, Done done);
   void flush(Done done);
-  void discard(uint64_t offset, uint64_t len, Done done);
-  void write_zeroes(uint64_t offset, uint64_t len, bool fua, Done done);
-  // Runs `op` (Stack calls that may block) on the worker thread; `done` gets its errno.
+  // Runs `op` (Stack calls that may block: discard, write-zeroes, ...) on the worker thread; `done`
+  // gets its errno.
   void run(std::function<void()> op, Done done);
 
   // One-shot: `done(0)` runs in a later poll() once `fd` is ready for `dir` (or has hung up or
