@@ -293,18 +293,21 @@ bool Connection::handshake() {
 
 void Connection::serve() {
   bool ok = true;
+  // A client that reads none of the server's replies for stall_ms is cut, in the handshake too
+  // (one that sends options without reading the replies would otherwise hold its thread and
+  // connection slot for ever).
+  const timeval stall{static_cast<time_t>(opts_.stall_ms / 1000),
+                      static_cast<suseconds_t>(opts_.stall_ms % 1000 * 1000)};
+  setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stall, sizeof stall);
   if (start_ == Phase::kHandshake) {
     // A client gets 30 s per handshake read; idle connections in transmission are fine.
     timeval tv{30, 0};
     setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ok = handshake();
   }
-  // From here on the socket is read and written without blocking, except for the rest of a
-  // write's payload (read_exact) and the last replies (flush_out(true)): there a client that
-  // makes no progress for stall_ms ends the connection.
-  timeval stv{static_cast<time_t>(opts_.stall_ms / 1000), static_cast<suseconds_t>(opts_.stall_ms % 1000 * 1000)};
-  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &stv, sizeof stv);
-  setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof stv);
+  // From here on the socket is read without blocking, except for the rest of a write's payload
+  // (read_exact): there too a client that makes no progress for stall_ms ends the connection.
+  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof stall);
   // A Unix socket holds about 400 KiB of replies by default: a 1 MiB read reply then leaves in
   // three or more sends, each after a wake-up for room. With room for a whole reply (the kernel
   // counts twice this) 1 MiB sequential reads went 1.2-1.8x faster (docs/performance.md). TCP

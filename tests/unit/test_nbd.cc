@@ -363,6 +363,33 @@ TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
   EXPECT_LT(::send(stuck.fd, "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT), 0);
 }
 
+// A client that sends handshake options and reads none of the replies is cut once the server has
+// waited stall_ms for room: it does not get every reply later (the server stopped, rather than
+// waiting for it for ever).
+TEST(Nbd, AHandshakeClientThatReadsNoRepliesIsCut) {
+  ServerOptions o = Fixture::options();
+  o.exp.stall_ms = 300;
+  Fixture f(o);
+  Client c(*f.server);
+  c.hello();
+  c.send_u32(kClientFixedNewstyle | kClientNoZeroes);
+  constexpr unsigned kOptions = 4000;  // under the server's limit of 4096 options
+  std::vector<uint8_t> many;
+  for (unsigned i = 0; i < kOptions; ++i) {
+    uint8_t h[16];
+    be::store64(h, kOptMagic);
+    be::store32(h + 8, kOptList);
+    be::store32(h + 12, 0);
+    many.insert(many.end(), h, h + 16);
+  }
+  c.send(many.data(), many.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  unsigned acks = 0;
+  std::vector<uint8_t> d;
+  for (uint32_t t; (t = c.option_reply(d)) != 0;) acks += t == kRepAck;
+  EXPECT_LT(acks, kOptions);  // cut part way, not answered in full
+}
+
 // A client that sends a write's header and stops inside its payload holds that payload's memory
 // only until it is cut (stall_ms without progress); another client, waiting for that memory, is
 // served then, and the image never sees the half-sent write.
