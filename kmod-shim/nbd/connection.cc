@@ -83,8 +83,7 @@ bool Connection::send_all(const void* a, size_t alen, const void* b, size_t blen
     ssize_t w = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
-      broken_ = true;
-      ::shutdown(fd_, SHUT_RDWR);
+      shutdown();
       return false;
     }
     left -= static_cast<size_t>(w);
@@ -574,8 +573,7 @@ bool Connection::flush_out(bool block) {
     if (w < 0 && errno == EINTR) continue;
     if (w < 0 && !block && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
     if (w <= 0) {
-      broken_ = true;
-      ::shutdown(fd_, SHUT_RDWR);
+      shutdown();
       break;
     }
     auto left = static_cast<size_t>(w);

@@ -34,6 +34,12 @@ struct Fixture {
     o.max_connections = 4;
     return o;
   }
+  // The same, with a client that makes no progress cut after `stall_ms`.
+  static ServerOptions stalling(unsigned stall_ms) {
+    ServerOptions o = options();
+    o.exp.stall_ms = stall_ms;
+    return o;
+  }
   explicit Fixture(const ServerOptions& o = options()) {
     ploop::create_disk(fs, "root.hds", {kDisk, 64, 2});
     stack = ploop::open_disk(fs, "DiskDescriptor.xml", ploop::OpenMode::kReadWrite);
@@ -351,9 +357,7 @@ TEST(Nbd, PipelinedRequestsAreAllAnsweredWhenTheClientReadsLate) {
 // A client that stops reading its replies is disconnected after stall_ms without progress, and
 // holds nothing another connection needs meanwhile.
 TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
-  ServerOptions o = Fixture::options();
-  o.exp.stall_ms = 1500;
-  Fixture f(o);
+  Fixture f(Fixture::stalling(1500));
   Client stuck(*f.server);
   stuck.go();
   for (uint64_t i = 0; i < 64; ++i) stuck.request(kCmdRead, 0, 1 << 20, 0, nullptr, i);  // 64 MiB of replies
@@ -381,9 +385,7 @@ TEST(Nbd, AClientThatReadsNoRepliesIsCutAndOthersAreServed) {
 // waited stall_ms for room: it does not get every reply later (the server stopped, rather than
 // waiting for it for ever).
 TEST(Nbd, AHandshakeClientThatReadsNoRepliesIsCut) {
-  ServerOptions o = Fixture::options();
-  o.exp.stall_ms = 300;
-  Fixture f(o);
+  Fixture f(Fixture::stalling(300));
   Client c(*f.server);
   c.hello();
   c.send_u32(kClientFixedNewstyle | kClientNoZeroes);
@@ -408,8 +410,7 @@ TEST(Nbd, AHandshakeClientThatReadsNoRepliesIsCut) {
 // only until it is cut (stall_ms without progress); another client, waiting for that memory, is
 // served then, and the image never sees the half-sent write.
 TEST(Nbd, AClientThatStopsInsideAWritePayloadIsCutAndItsMemoryGoesBack) {
-  ServerOptions o = Fixture::options();
-  o.exp.stall_ms = 500;
+  ServerOptions o = Fixture::stalling(500);
   o.memory_budget = 1 << 20;  // the stuck write takes all of it
   Fixture f(o);
   Client stuck(*f.server);
