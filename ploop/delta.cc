@@ -26,25 +26,46 @@ Delta::Delta(std::unique_ptr<File> file, bool writable) : file_(std::move(file))
 
 Delta::~Delta() = default;
 
+namespace {
+
+// An empty delta in a new file: the header page, then the rest of the BAT allocated as zeros (an
+// empty BAT) without writing them, so the cost hardly grows with the disk size. Allocated, not a
+// hole: OpenVZ ploop refuses sparse header regions.
+void write_empty(File& file, const Header& h) {
+  AlignedBytes page(std::min<uint64_t>(kPage, h.data_offset_bytes()));
+  encode_header(h, std::span<uint8_t, kHeaderSize>(page.data(), kHeaderSize));
+  file.write(page.data(), page.size(), 0);
+  if (h.data_offset_bytes() > page.size()) file.preallocate(page.size(), h.data_offset_bytes() - page.size());
+  file.sync();
+}
+
+}  // namespace
+
 void Delta::create_closed(Storage& storage, const std::string& path, uint64_t size_bytes, uint32_t cluster_sectors,
                           int version, bool sync_dir) {
   Header h = make_header(size_bytes, cluster_sectors, version);
-  auto file = storage.create(path);
-  // The header page, then the rest of the BAT allocated as zeros (an empty BAT) without writing
-  // them, so the cost hardly grows with the disk size. Allocated, not a hole: OpenVZ ploop
-  // refuses sparse header regions.
-  AlignedBytes page(std::min<uint64_t>(kPage, h.data_offset_bytes()));
-  encode_header(h, std::span<uint8_t, kHeaderSize>(page.data(), kHeaderSize));
-  file->write(page.data(), page.size(), 0);
-  if (h.data_offset_bytes() > page.size()) file->preallocate(page.size(), h.data_offset_bytes() - page.size());
-  file->sync();
+  write_empty(*storage.create(path), h);
   if (sync_dir) storage.sync_dir(dir_of(path));
 }
 
 std::unique_ptr<Delta> Delta::create(Storage& storage, const std::string& path, uint64_t size_bytes,
                                      uint32_t cluster_sectors, int version) {
-  create_closed(storage, path, size_bytes, cluster_sectors, version);
-  return open(storage, path, OpenMode::kReadWrite);
+  Header h = make_header(size_bytes, cluster_sectors, version);
+  std::unique_ptr<Delta> d(new Delta(storage.create(path), true));
+  try {
+    // Locked while still empty, before it reads as an image: no other program can open the new
+    // delta between its creation and this writer's first write.
+    if (std::string holder = d->file_->lock_image(); !holder.empty()) {
+      throw Error(Exit::kInUse, path + ": new image was opened by " + holder + " before it could be locked");
+    }
+    write_empty(*d->file_, h);
+    storage.sync_dir(dir_of(path));
+    d->load(false, false);
+  } catch (...) {
+    storage.remove(path);  // this call made it (the create refuses an existing file)
+    throw;
+  }
+  return d;
 }
 
 std::unique_ptr<Delta> Delta::open(Storage& storage, const std::string& path, OpenMode mode,
@@ -56,6 +77,14 @@ std::unique_ptr<Delta> Delta::open(Storage& storage, const std::string& path, Op
 
 void Delta::load(bool allow_dirty, bool lock) {
   const std::string& name = file_->path();
+  // A writer locks before it reads anything: a header and BAT read first could be stale by the
+  // time the lock is taken (another program may write the image and close it in between), and
+  // this writer would then store that stale map over the other's allocations.
+  if (writable_ && lock) {
+    if (std::string holder = file_->lock_image(); !holder.empty()) {
+      throw Error(Exit::kInUse, name + ": image is in use by " + holder);
+    }
+  }
   uint64_t file_size = file_->size();
   if (file_size < kHeaderSize) {
     throw Error(Exit::kFormat, name + ": file is " + std::to_string(file_size) +
@@ -110,9 +139,6 @@ void Delta::load(bool allow_dirty, bool lock) {
   }
 
   if (!writable_) return;
-  if (std::string holder = lock ? file_->lock_image() : ""; !holder.empty()) {
-    throw Error(Exit::kInUse, name + ": image is in use by " + holder);
-  }
   if (h_.flags & kFlagFmtConvert) {
     throw Error(Exit::kFormat, name + ": an interrupted format conversion is recorded (CIF_FmtVersionConvert)");
   }

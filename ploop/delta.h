@@ -33,7 +33,9 @@ namespace ploop {
 
 class Delta {
  public:
-  // Creates a new empty delta file (it must not exist) and syncs it.
+  // Creates a new empty delta file (it must not exist), syncs it and its directory, and returns
+  // it open read-write. The image lock is taken while the file is still empty, so no other
+  // program can open the new delta before this writer has it.
   static std::unique_ptr<Delta> create(Storage& storage, const std::string& path, uint64_t size_bytes,
                                        uint32_t cluster_sectors, int version = 2);
   // Writes a new empty delta, cleanly closed, with one sync (and the directory's unless

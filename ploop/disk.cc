@@ -11,19 +11,44 @@ bool is_descriptor(const std::string& path) {
   return path.size() >= 4 && path.compare(path.size() - 4, 4, ".xml") == 0;
 }
 
-std::string create_disk(Storage& storage, const std::string& image_path, const CreateOptions& opts) {
+namespace {
+
+// The descriptor's path for a new disk at `image_path`, after checking that neither file exists
+// and that the options make a valid header.
+std::string check_new_disk(Storage& storage, const std::string& image_path, const CreateOptions& opts) {
   std::string dd = join_path(dir_of(image_path), kDescriptorName);
   if (storage.exists(image_path)) throw Error(Exit::kCreate, image_path + ": already exists");
   if (storage.exists(dd)) throw Error(Exit::kCreate, dd + ": already exists");
-  Header h = make_header(opts.size_bytes, opts.cluster_sectors, opts.version);  // validates first
-  Delta::create_closed(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
+  make_header(opts.size_bytes, opts.cluster_sectors, opts.version);  // validates
+  return dd;
+}
+
+void save_new_descriptor(Storage& storage, const std::string& dd, const std::string& image_path,
+                         const Header& h) {
   try {
     Descriptor::make(h.size_sectors, h.cluster_sectors, base_of(image_path)).save(storage, dd);
   } catch (...) {
     storage.remove(image_path);
     throw;
   }
+}
+
+}  // namespace
+
+std::string create_disk(Storage& storage, const std::string& image_path, const CreateOptions& opts) {
+  std::string dd = check_new_disk(storage, image_path, opts);
+  Delta::create_closed(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
+  save_new_descriptor(storage, dd, image_path, make_header(opts.size_bytes, opts.cluster_sectors, opts.version));
   return dd;
+}
+
+NewDisk create_disk_open(Storage& storage, const std::string& image_path, const CreateOptions& opts) {
+  std::string dd = check_new_disk(storage, image_path, opts);
+  auto delta = Delta::create(storage, image_path, opts.size_bytes, opts.cluster_sectors, opts.version);
+  save_new_descriptor(storage, dd, image_path, delta->header());
+  std::vector<std::unique_ptr<Delta>> deltas;
+  deltas.push_back(std::move(delta));
+  return {dd, std::make_unique<Stack>(std::move(deltas))};
 }
 
 std::unique_ptr<Stack> open_disk(Storage& storage, const std::string& path, OpenMode mode, bool allow_dirty,

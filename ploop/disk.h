@@ -26,6 +26,15 @@ bool is_descriptor(const std::string& path);
 // if either exists. Returns the descriptor's path.
 std::string create_disk(Storage& storage, const std::string& image_path, const CreateOptions& opts);
 
+// The same, returning the new disk open read-write. Its image lock is held from the moment the
+// file exists, so no other program (qemu, another ploop) can open it before the caller has
+// written what it creates it for (import).
+struct NewDisk {
+  std::string descriptor;
+  std::unique_ptr<Stack> stack;
+};
+NewDisk create_disk_open(Storage& storage, const std::string& image_path, const CreateOptions& opts);
+
 // Opens a descriptor's chain (top writable if `mode` is kReadWrite) or a single delta.
 // Throws Error(kDescriptor) if the descriptor and the deltas disagree on size or cluster size.
 // With `guid`, opens the chain from the base up to that snapshot (read-only unless it is the top).

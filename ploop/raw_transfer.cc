@@ -19,10 +19,9 @@ TransferStats import_raw(Storage& storage, const std::string& raw_path, const st
   auto raw = storage.open(raw_path, OpenMode::kReadOnly);
   uint64_t raw_size = raw->size();
   if (raw_size == 0) throw Error(Exit::kParam, raw_path + ": raw file is empty");
-  std::string dd = create_disk(storage, image_path, {raw_size, cluster_sectors, 2});
+  auto [dd, stack] = create_disk_open(storage, image_path, {raw_size, cluster_sectors, 2});
   TransferStats st;
   try {
-    auto stack = open_disk(storage, dd, OpenMode::kReadWrite);
     uint64_t cs = stack->cluster_bytes();
     std::vector<uint8_t> buf(cs);
     st.bytes_total = stack->size();
@@ -37,6 +36,7 @@ TransferStats import_raw(Storage& storage, const std::string& raw_path, const st
     }
     stack->close();
   } catch (...) {
+    stack.reset();
     storage.remove(image_path);
     storage.remove(dd);
     throw;

@@ -1,9 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "ploop/delta.h"
 #include "ploop/error.h"
 #include "ploop/fault_storage.h"
 #include "ploop/le_codec.h"
+#include "spy_storage.h"
 #include "test_util.h"
 
 using namespace ploop;
@@ -25,6 +28,28 @@ void patch_u32(FaultStorage& fs, const std::string& p, size_t off, uint32_t v) {
 }
 
 }  // namespace
+
+// A writer locks before it touches the file: a header or BAT read before the lock could be stale
+// once the lock is taken (another program may open, write and close the image in between), and a
+// new delta that is not locked from its creation can be opened by another program before its
+// creator has it (qemu-io once wrote into an image `ploop import` had just created).
+TEST(Delta, AWriterLocksBeforeItsFirstReadOrWrite) {
+  FaultStorage fs;
+  std::vector<std::string> events;
+  testutil::SpyStorage spy(fs, [&](const std::string& event, const std::string&) { events.push_back(event); });
+  auto d = Delta::create(spy, "img", 1 << 20, kCs);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front(), "lock") << "Delta::create touched the new file before locking it";
+  d->close();
+  d.reset();
+  events.clear();
+  Delta::open(spy, "img", OpenMode::kReadWrite)->close();
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front(), "lock") << "a read-write open read the file before locking it";
+  events.clear();
+  Delta::open(spy, "img", OpenMode::kReadOnly);
+  EXPECT_EQ(std::count(events.begin(), events.end(), "lock"), 0);  // readers take no lock
+}
 
 TEST(Delta, CreateWritesAnEmptyCleanImage) {
   FaultStorage fs;

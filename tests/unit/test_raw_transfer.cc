@@ -4,6 +4,7 @@
 #include "ploop/error.h"
 #include "ploop/fault_storage.h"
 #include "ploop/raw_transfer.h"
+#include "spy_storage.h"
 #include "test_util.h"
 
 using namespace ploop;
@@ -49,4 +50,30 @@ TEST(RawTransfer, FailedImportLeavesNothingBehind) {
   EXPECT_FALSE(fs.exists("root.hds"));
   EXPECT_FALSE(fs.exists("DiskDescriptor.xml"));
   EXPECT_THROW(import_raw(fs, "missing", "x.hds", 64), Error);
+}
+
+// Every write to the new image happens under its lock, from the first (the header) to the last:
+// no other program (qemu, another ploop) can open it and write into an image the import is
+// writing. (qemu-io once did, between the creation of the file and the import's open of it.)
+TEST(RawTransfer, ImportWritesTheNewImageOnlyUnderItsLock) {
+  testutil::TempDir dir;
+  auto posix = make_posix_storage();
+  auto raw = testutil::pattern(1 << 20, 9);
+  {
+    std::ofstream(dir / "raw", std::ios::binary).write(reinterpret_cast<const char*>(raw.data()), raw.size());
+  }
+  int writes = 0;
+  testutil::SpyStorage spy(*posix, [&](const std::string& event, const std::string& path) {
+    if (event != "write" || path != dir / "root.hds") return;
+    auto other = posix->open(path, OpenMode::kReadWrite);
+    EXPECT_NE(other->lock_image(), "") << "write number " << writes << " to the new image was not under its lock";
+    ++writes;
+  });
+  import_raw(spy, dir / "raw", dir / "root.hds", 64);
+  EXPECT_GT(writes, 2);
+  auto again = open_disk(*posix, dir / "DiskDescriptor.xml", OpenMode::kReadWrite);  // the lock went with the import
+  std::vector<uint8_t> b(raw.size());
+  again->read(b.data(), 0, b.size());
+  EXPECT_EQ(b, raw);
+  again->close();
 }
